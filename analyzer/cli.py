@@ -1,0 +1,112 @@
+"""`analyze`: arguments → api → renderer → exit code. The only place that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from . import __version__
+from .api import analyze
+from .errors import AnalyzerError, UsageError
+from .fsutil import atomic_write_text
+from .report.model import Report, Severity
+from .report.render_rich import render
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FINDINGS, EXIT_CANNOT_ANALYSE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="analyze",
+        description="Diagnose a pruned PyTorch checkpoint: zeros vs removed channels, broken residuals "
+        "and heads, failed loads, and why pruning did not make it faster.",
+        epilog="Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 the file could not be analysed.",
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoint files (.pth, .pt, .bin, .safetensors, TorchScript)")
+    parser.add_argument("--demo", action="store_true", help="make the classic broken checkpoints in a temp folder and analyse each")
+    parser.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-' for stdout)")
+    parser.add_argument("--fail-on", choices=["error", "warning", "info", "never"], default="error", help="exit 1 when findings reach this severity (default: error)")
+    load = parser.add_argument_group("loading")
+    load.add_argument("--trust", action="store_true", help="unpickle fully: runs code from the file (only for files you made)")
+    load.add_argument("--allow-module", action="append", default=[], metavar="PKG", help="import PKG and rebuild its classes from the pickle (repeatable)")
+    load.add_argument("--key", metavar="KEY", help="entry of a training checkpoint holding the weights (e.g. ema, model.state_dict)")
+    scan = parser.add_argument_group("analysis")
+    scan.add_argument("--zero-tol", type=float, default=0.0, metavar="TOL", help="count |x| <= TOL as zero (default: exactly 0)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--all-layers", action="store_true", help="list every layer, not only those with something to note")
+    out.add_argument("--quiet", "-q", action="store_true", help="no terminal report (use with --json)")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+    out.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        if args.demo:
+            from .demo import run_demo
+
+            return run_demo(console)
+        if not args.paths:
+            raise UsageError("give a checkpoint to analyse (analyze model.pth), or try analyze --demo")
+        if args.zero_tol < 0:
+            raise UsageError("--zero-tol must be >= 0")
+        reports = [_analyze_one(path, args) for path in args.paths]
+        _output(reports, args, console)
+        return _exit_code(reports, args.fail_on)
+    except AnalyzerError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"analyze: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("analyze: interrupted", file=sys.stderr)
+        return 130
+
+
+def _analyze_one(path: str, args: argparse.Namespace) -> Report:
+    return analyze(
+        path,
+        trust=args.trust,
+        allow_modules=tuple(args.allow_module),
+        key=args.key,
+        zero_tol=args.zero_tol,
+    )
+
+
+def _output(reports: list[Report], args: argparse.Namespace, console: Console) -> None:
+    if args.json:
+        text = reports[0].to_json() if len(reports) == 1 else _many_json(reports)
+        if args.json == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            atomic_write_text(Path(args.json), text + "\n")
+    if not args.quiet and args.json != "-":
+        for report in reports:
+            render(report, console, all_layers=args.all_layers)
+
+
+def _many_json(reports: list[Report]) -> str:
+    import json
+
+    return json.dumps({"schema": reports[0].schema, "reports": [r.to_dict() for r in reports]}, indent=2)
+
+
+def _exit_code(reports: list[Report], fail_on: str) -> int:
+    if fail_on == "never":
+        return EXIT_OK
+    threshold = Severity(fail_on)
+    return EXIT_FINDINGS if any(r.has_findings_at_least(threshold) for r in reports) else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

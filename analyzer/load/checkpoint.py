@@ -1,0 +1,100 @@
+"""The plain result of loading: named tensors, how they were found, and what was refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .policy import ResolvedGlobal
+
+__all__ = ["Checkpoint", "MaskPair", "TensorStore", "DictTensorStore"]
+
+
+class TensorStore(Mapping[str, torch.Tensor]):
+    """Named tensors; `meta` answers shape and dtype without reading the data."""
+
+    #: Whether two names can be views of one storage (tied weights); safetensors forbids it.
+    may_share_storage = True
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        tensor = self[name]
+        return tuple(tensor.shape), tensor.dtype
+
+
+class DictTensorStore(TensorStore):
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._tensors = dict(tensors)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+@dataclass(frozen=True)
+class MaskPair:
+    """`torch.nn.utils.prune` leftovers: the effective tensor is `orig * mask`."""
+
+    orig: str
+    mask: str
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    format: str
+    #: What the file holds: state-dict, full-module, training-dict, tp-state-dict, torchscript, tensors.
+    container: str
+    tensors: TensorStore
+    #: How the bytes became objects: weights_only, restricted-unpickler, safetensors, trusted.
+    loader: str
+    file_size: int
+    #: The module tree when the file holds one (with placeholders for classes not loaded).
+    module: nn.Module | None = None
+    #: Module name -> class name, from the module tree or the pickle's class names.
+    module_types: dict[str, str] = field(default_factory=dict)
+    #: Names that are buffers (running stats, masks), known from the module tree.
+    buffers: set[str] = field(default_factory=set)
+    #: Globals the pickle names beyond torch's tensor/storage allowlist.
+    globals: list[ResolvedGlobal] = field(default_factory=list)
+    #: Why the object graph could not be rebuilt at all (torch refused a payload), if it could not.
+    refused: str | None = None
+    weights_key: str | None = None
+    other_weight_keys: list[str] = field(default_factory=list)
+    stripped_prefix: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: Effective tensor name (e.g. "conv1.weight") -> its `weight_orig`/`weight_mask` pair.
+    masks: dict[str, MaskPair] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def placeholders(self) -> list[str]:
+        return sorted(g.full_name for g in self.globals if g.needs_placeholder)
+
+    @property
+    def runnable(self) -> bool:
+        from .placeholder import Placeholder
+
+        return self.module is not None and not any(isinstance(m, Placeholder) for m in self.module.modules())
+
+    def effective(self, name: str) -> torch.Tensor:
+        """The tensor as the model computes with it: masks applied."""
+        pair = self.masks.get(name)
+        if pair is None:
+            return self.tensors[name]
+        return self.tensors[pair.orig] * self.tensors[pair.mask]
+
+    def effective_names(self) -> list[str]:
+        """Tensor names with each orig/mask pair replaced by the effective name."""
+        effective_of_orig = {pair.orig: name for name, pair in self.masks.items()}
+        masks = {pair.mask for pair in self.masks.values()}
+        return [effective_of_orig.get(n, n) for n in self.tensors if n not in masks]

@@ -1,0 +1,129 @@
+"""Recognise a checkpoint's format from its bytes, never from its extension."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["Format", "sniff"]
+
+# torch's legacy (pre-1.6) files begin with a protocol-2 pickle of this 10-byte long.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_PICKLE_PROTOCOL_OPCODE = 0x80
+# Opcodes a protocol 0/1 pickle can start with: MARK, EMPTY_DICT/LIST/TUPLE, GLOBAL, ...
+_OLD_PICKLE_FIRST_BYTES = set(b"(}]).cNIFSVLGJKMTUX\x8c")
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+_NOT_CHECKPOINTS: list[tuple[bytes, str]] = [
+    (b"\x1f\x8b", "a gzip-compressed file; decompress it first (gunzip) and analyse what is inside"),
+    (b"BZh", "a bzip2-compressed file; decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file; decompress it first (unxz)"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x93NUMPY", "a NumPy .npy array file"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras .h5?)"),
+    (b"ustar", "a tar archive"),
+]
+
+
+class Format(str, enum.Enum):
+    TORCH_ZIP = "torch-zip"
+    TORCH_LEGACY = "torch-legacy"
+    TORCHSCRIPT = "torchscript"
+    PICKLE = "pickle"
+    SAFETENSORS = "safetensors"
+
+
+EXPECTED = (
+    "expected a PyTorch checkpoint (torch.save zip or legacy file, TorchScript archive), "
+    "a pickle, or a safetensors file"
+)
+
+
+def sniff(path: Path) -> Format:
+    """Return the format of the file at `path`, or raise InputError saying what it is instead."""
+    _check_is_readable_file(path)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    size = os.path.getsize(path)
+    if not head:
+        raise InputError(f"{path}: the file is empty; {EXPECTED}")
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _sniff_zip(path)
+    if head.startswith(_LEGACY_MAGIC):
+        return Format.TORCH_LEGACY
+    if _looks_like_safetensors(head, size):
+        return Format.SAFETENSORS
+    if head[0] == _PICKLE_PROTOCOL_OPCODE and len(head) > 1 and head[1] <= 5:
+        return Format.PICKLE
+    if head[0] in _OLD_PICKLE_FIRST_BYTES and _ends_like_pickle(path):
+        return Format.PICKLE
+    raise InputError(f"{path}: {_describe_unknown(path, head)}; {EXPECTED}")
+
+
+def _check_is_readable_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; {EXPECTED}")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file; {EXPECTED}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+
+
+def _sniff_zip(path: Path) -> Format:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{path}: a damaged or truncated zip archive ({e}); {EXPECTED}") from e
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return Format.TORCHSCRIPT
+    if any(name.endswith("data.pkl") for name in names):
+        return Format.TORCH_ZIP
+    shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+    raise InputError(f"{path}: a zip archive without data.pkl (holds: {shown or 'nothing'}); {EXPECTED}")
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 2 <= header_len <= min(size - 8, _SAFETENSORS_MAX_HEADER)
+
+
+def _ends_like_pickle(path: Path) -> bool:
+    # Protocol 0/1 pickles have no header; every pickle ends with STOP ('.').
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 1))
+        return f.read(1) == b"."
+
+
+def _describe_unknown(path: Path, head: bytes) -> str:
+    for magic, what in _NOT_CHECKPOINTS:
+        if head.startswith(magic):
+            return f"this is {what}, not a checkpoint"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "this is a tar archive, not a checkpoint"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised binary data"
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        try:
+            json.loads(path.read_text(encoding="utf-8")[: 1 << 20])
+            return "this is a JSON document, not a checkpoint"
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return "this is a text file, not a checkpoint"

@@ -1,0 +1,36 @@
+"""Passes: small functions `(PassContext) -> list[Finding]`, run in this order.
+
+A pass never prints. One that cannot run on the input raises PassSkipped and the
+report says what was not analysed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..report.model import Finding
+from . import masks, nonfinite, pickle_safety
+from .context import AnalysisOptions, PassContext, PassSkipped
+
+__all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "run_passes"]
+
+Pass = Callable[[PassContext], list[Finding]]
+
+#: The registry: (name, pass). Names appear in "not analysed" lines.
+PASSES: tuple[tuple[str, Pass], ...] = (
+    ("pickle safety", pickle_safety.run),
+    ("pruning masks", masks.run),
+    ("non-finite weights", nonfinite.run),
+)
+
+
+def run_passes(ctx: PassContext, passes: tuple[tuple[str, Pass], ...] = PASSES) -> tuple[list[Finding], list[str]]:
+    """Every pass's findings, and a line for each pass that could not run."""
+    findings: list[Finding] = []
+    skipped: list[str] = []
+    for name, run in passes:
+        try:
+            findings.extend(run(ctx))
+        except PassSkipped as reason:
+            skipped.append(f"{name}: {reason}")
+    return findings, skipped

@@ -1,0 +1,203 @@
+"""The report: plain data that every renderer reads and JSON serialises.
+
+Passes produce `Finding`s; the API assembles them with the layer table and the
+summary into a `Report`. Nothing here formats text for a person.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SCHEMA",
+    "Severity",
+    "Finding",
+    "LayerRow",
+    "Source",
+    "Summary",
+    "Report",
+]
+
+#: Bumped when a field changes meaning or disappears; new optional fields do not bump it.
+SCHEMA = "analyzer-report/1"
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+    def at_least(self, other: Severity) -> bool:
+        return self.rank >= other.rank
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the analysis found, with its evidence and what to do about it."""
+
+    kind: str
+    severity: Severity
+    modules: list[str]
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fix: str = ""
+    #: A Python snippet that applies the fix, shown as code by renderers.
+    fix_code: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["severity"] = self.severity.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        return cls(
+            kind=data["kind"],
+            severity=Severity(data["severity"]),
+            modules=list(data.get("modules", [])),
+            message=data["message"],
+            evidence=dict(data.get("evidence", {})),
+            fix=data.get("fix", ""),
+            fix_code=data.get("fix_code"),
+        )
+
+
+@dataclass
+class LayerRow:
+    """One row of the per-layer table."""
+
+    name: str
+    type: str
+    #: "module" when the type came from a module object, "inferred" when from keys and shapes.
+    type_source: str
+    shape: list[int] | None
+    params: int
+    nonzero: int
+    dtype: str
+    masked: bool = False
+    #: Zero pattern of the weight (issue 3 fills this in): dense, unstructured, 2:4, ...
+    pattern: str | None = None
+    #: Output channels in the reference model, when one is known.
+    reference_out: int | None = None
+
+    @property
+    def zero_fraction(self) -> float:
+        return 0.0 if self.params == 0 else 1.0 - self.nonzero / self.params
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["zero_fraction"] = round(self.zero_fraction, 6)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerRow:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Source:
+    """Where the report came from and how the file was read."""
+
+    path: str
+    format: str
+    container: str
+    file_size: int
+    #: How the bytes were turned into objects: weights_only, restricted-unpickler, safetensors, trusted.
+    loader: str
+    weights_key: str | None = None
+    stripped_prefix: str | None = None
+    #: Classes the pickle named that were stood in by placeholders (never run).
+    placeholders: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Source:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Summary:
+    params: int
+    nonzero_params: int
+    buffers: int
+    layers: int
+    tensors: int
+    #: Finding counts by severity.
+    findings: dict[str, int] = field(default_factory=dict)
+    flops: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Summary:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Report:
+    source: Source
+    summary: Summary
+    layers: list[LayerRow]
+    findings: list[Finding]
+    #: Measurements of `--profile` (issue 6); None when not profiled.
+    profile: dict[str, Any] | None = None
+    #: Things the analysis could not look at, said plainly rather than skipped.
+    not_analysed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    def worst_severity(self) -> Severity | None:
+        ranked = sorted((f.severity for f in self.findings), key=lambda s: s.rank)
+        return ranked[-1] if ranked else None
+
+    def has_findings_at_least(self, threshold: Severity) -> bool:
+        return any(f.severity.at_least(threshold) for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "source": dataclasses.asdict(self.source),
+            "summary": dataclasses.asdict(self.summary),
+            "layers": [row.to_dict() for row in self.layers],
+            "findings": [f.to_dict() for f in self.findings],
+            "profile": self.profile,
+            "not_analysed": list(self.not_analysed),
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(
+            schema=data.get("schema", SCHEMA),
+            source=Source.from_dict(data["source"]),
+            summary=Summary.from_dict(data["summary"]),
+            layers=[LayerRow.from_dict(row) for row in data.get("layers", [])],
+            findings=[Finding.from_dict(f) for f in data.get("findings", [])],
+            profile=data.get("profile"),
+            not_analysed=list(data.get("not_analysed", [])),
+            notes=list(data.get("notes", [])),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,67 @@
+"""Per-tensor statistics, computed once, in chunks, without copying mapped files whole."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["TensorStats", "tensor_stats", "iter_chunks", "nbytes", "CHUNK_ELEMENTS"]
+
+#: Elements per chunk: bounds the temporaries (masks, products) a scan allocates.
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    numel: int
+    #: None when the tensor has no data to count (meta tensors).
+    nonzero: int | None
+    nonfinite: int = 0
+    #: How the tensor was read when not a plain dense one: "quantized", "sparse", "meta".
+    layout: str = "dense"
+
+    @property
+    def zero_fraction(self) -> float | None:
+        if self.nonzero is None or self.numel == 0:
+            return None
+        return 1.0 - self.nonzero / self.numel
+
+
+def tensor_stats(tensor: torch.Tensor, zero_tol: float = 0.0) -> TensorStats:
+    if tensor.is_meta:
+        return TensorStats(tensor.numel(), None, layout="meta")
+    if tensor.is_sparse:
+        values = tensor.coalesce().values()
+        dense = _dense_stats(values, zero_tol)
+        return TensorStats(tensor.numel(), dense.nonzero, dense.nonfinite, layout="sparse")
+    if tensor.is_quantized:
+        dense = _dense_stats(tensor.dequantize(), zero_tol)
+        return TensorStats(tensor.numel(), dense.nonzero, dense.nonfinite, layout="quantized")
+    return _dense_stats(tensor, zero_tol)
+
+
+def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def iter_chunks(tensor: torch.Tensor, chunk: int = CHUNK_ELEMENTS):
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), chunk):
+        yield flat[start : start + chunk]
+
+
+def _dense_stats(tensor: torch.Tensor, zero_tol: float) -> TensorStats:
+    nonzero = 0
+    nonfinite = 0
+    floating = tensor.is_floating_point() or tensor.is_complex()
+    for part in iter_chunks(tensor.detach()):
+        if zero_tol > 0 and floating:
+            # NaN is not <= tol, so it counts as non-zero, as count_nonzero counts it.
+            nonzero += part.numel() - int((part.abs() <= zero_tol).sum())
+        else:
+            nonzero += int(torch.count_nonzero(part))
+        if floating:
+            nonfinite += part.numel() - int(torch.isfinite(part).sum())
+    return TensorStats(tensor.numel(), nonzero, nonfinite)

@@ -1,0 +1,74 @@
+"""Shared fixtures: small real models and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from analyzer.cli import main
+
+
+class SmallNet(nn.Module):
+    """A conv-bn-relu-pool-linear net small enough to build in milliseconds."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width * 2, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(width * 2)
+        self.fc = nn.Linear(width * 2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def small_net() -> SmallNet:
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Run `analyze` in-process with a wide, colourless terminal."""
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+
+    def run(*args: str | os.PathLike[str]) -> CliResult:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def unchanged() -> Callable[[Path], Callable[[], None]]:
+    """Record a file's bytes and mtime; the returned check asserts they did not change."""
+
+    def record(path: Path) -> Callable[[], None]:
+        before = (path.read_bytes(), path.stat().st_mtime_ns)
+
+        def check() -> None:
+            assert (path.read_bytes(), path.stat().st_mtime_ns) == before, f"{path} was modified"
+
+        return check
+
+    return record
