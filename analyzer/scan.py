@@ -62,6 +62,14 @@ def _dense_stats(tensor: torch.Tensor, zero_tol: float) -> TensorStats:
             nonzero += part.numel() - int((part.abs() <= zero_tol).sum())
         else:
             nonzero += int(torch.count_nonzero(part))
-        if floating:
+        if floating and not _sum_is_finite(part):
             nonfinite += part.numel() - int(torch.isfinite(part).sum())
     return TensorStats(tensor.numel(), nonzero, nonfinite)
+
+
+def _sum_is_finite(part: torch.Tensor) -> bool:
+    # A finite sum means no NaN and no Inf: one cheap reduction instead of an isfinite
+    # mask per element (10x slower). Only a non-finite sum pays for the exact count.
+    if part.is_complex():
+        return bool(torch.isfinite(torch.view_as_real(part).sum(dtype=torch.float64)))
+    return bool(torch.isfinite(part.sum(dtype=torch.float64)))

@@ -52,7 +52,7 @@ def load_legacy(stream: IO[bytes], policy: GlobalPolicy, size_limit: int) -> Any
         if view is None:
             return storage
         _view_key, offset, view_numel = view
-        size = storage.element_size()
+        size = torch._utils._element_size(dtype)
         return torch.storage.TypedStorage(
             wrap_storage=storage._untyped_storage[offset * size : (offset + view_numel) * size], dtype=dtype, _internal=True
         )
@@ -62,21 +62,22 @@ def load_legacy(stream: IO[bytes], policy: GlobalPolicy, size_limit: int) -> Any
     if not isinstance(keys, list):
         raise pickle.UnpicklingError("legacy storage key list missing")
     for key in keys:
-        _fill_storage(stream, storages[str(key)])
+        storage = storages[str(key)]
+        _fill_storage(stream, storage._untyped_storage, torch._utils._element_size(storage.dtype))
     return result
 
 
-def _fill_storage(stream: IO[bytes], storage: torch.storage.TypedStorage) -> None:
+def _fill_storage(stream: IO[bytes], storage: torch.UntypedStorage, element_size: int) -> None:
     header = stream.read(8)
     if len(header) != 8:
         raise pickle.UnpicklingError("legacy storage data cut short")
     (numel,) = struct.unpack("<q", header)
-    nbytes = numel * storage.element_size()
-    if numel < 0 or nbytes != storage._untyped_storage.nbytes():
+    nbytes = numel * element_size
+    if numel < 0 or nbytes != storage.nbytes():
         raise pickle.UnpicklingError("legacy storage size disagrees with its reference")
     data = stream.read(nbytes)
     if len(data) != nbytes:
         raise pickle.UnpicklingError("legacy storage data cut short")
     if nbytes:
-        target = torch.empty(0, dtype=torch.uint8).set_(storage._untyped_storage)
+        target = torch.empty(0, dtype=torch.uint8).set_(storage)
         target.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))

@@ -204,13 +204,26 @@ def _torch_load(path: Path, weights_only: bool, mmap_tensors: bool) -> Any:
 def _scan_zip_pickle(path: Path) -> list[GlobalRef]:
     try:
         with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            infos = archive.infolist()
+            pickles = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
             if len(pickles) != 1:
                 raise InputError(f"{path}: a torch archive must hold one data.pkl, this one holds {len(pickles)}")
-            with archive.open(pickles[0]) as stream:
-                return _scan(stream, path)
+            # torch writes tensor data and data.pkl stored (TorchScript compresses only its code/).
+            compressed = [
+                i.filename for i in infos
+                if i.compress_type != zipfile.ZIP_STORED and (i is pickles[0] or "/data/" in i.filename)
+            ]
+            if compressed:
+                raise InputError(
+                    f"{path}: zip entries are compressed ({compressed[0]}…); torch.save writes them stored, "
+                    "so this archive was rebuilt by another tool; unzip it and re-save with torch.save"
+                )
+            if pickles[0].file_size > path.stat().st_size:
+                raise InputError(f"{path}: data.pkl claims {pickles[0].file_size} bytes, more than the file holds")
+            data = archive.read(pickles[0])
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise InputError(f"{path}: a damaged zip archive ({e})") from e
+    return _scan(io.BytesIO(data), path)
 
 
 def _scan_legacy_pickles(path: Path) -> list[GlobalRef]:
