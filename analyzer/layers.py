@@ -46,7 +46,7 @@ class Layer:
 
     @property
     def is_batchnorm(self) -> bool:
-        return "BatchNorm" in self.type or self.type == "SyncBatchNorm"
+        return "BatchNorm" in self.type
 
     @property
     def out_channels(self) -> int | None:

@@ -21,6 +21,8 @@ class TensorStats:
     nonfinite: int = 0
     #: How the tensor was read when not a plain dense one: "quantized", "sparse", "meta".
     layout: str = "dense"
+    #: Why the tensor is corrupt (a sparse tensor breaking its invariants), when it is.
+    invalid: str | None = None
 
     @property
     def zero_fraction(self) -> float | None:
@@ -33,6 +35,9 @@ def tensor_stats(tensor: torch.Tensor, zero_tol: float = 0.0) -> TensorStats:
     if tensor.is_meta:
         return TensorStats(tensor.numel(), None, layout="meta")
     if tensor.is_sparse:
+        problem = _sparse_invariant_violation(tensor)
+        if problem:
+            return TensorStats(tensor.numel(), None, layout="sparse", invalid=problem)
         values = tensor.coalesce().values()
         dense = _dense_stats(values, zero_tol)
         return TensorStats(tensor.numel(), dense.nonzero, dense.nonfinite, layout="sparse")
@@ -40,6 +45,16 @@ def tensor_stats(tensor: torch.Tensor, zero_tol: float = 0.0) -> TensorStats:
         dense = _dense_stats(tensor.dequantize(), zero_tol)
         return TensorStats(tensor.numel(), dense.nonzero, dense.nonfinite, layout="quantized")
     return _dense_stats(tensor, zero_tol)
+
+
+def _sparse_invariant_violation(tensor: torch.Tensor) -> str | None:
+    # Indices out of bounds make coalesce() and every kernel read out of bounds: check first.
+    try:
+        with torch.sparse.check_sparse_tensor_invariants():
+            torch.sparse_coo_tensor(tensor._indices(), tensor._values(), tensor.shape)
+    except RuntimeError as e:
+        return " ".join(str(e).split())[:200]
+    return None
 
 
 def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:

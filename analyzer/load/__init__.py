@@ -68,7 +68,7 @@ def _checkpoint_from_raw(path: Path, fmt: Format, raw: Raw, options: LoadOptions
         path=path, format=fmt.value, loader=raw.loader, file_size=path.stat().st_size,
         globals=raw.globals, notes=list(raw.notes),
     )
-    if raw.obj is None:
+    if raw.obj is None and raw.refused is not None:
         # Neither unpickler could rebuild the objects of a file with a payload: the findings say why.
         return Checkpoint(container="unreadable", tensors=DictTensorStore({}), refused=raw.refused, **common)
     try:
@@ -93,6 +93,7 @@ def _checkpoint_from_raw(path: Path, fmt: Format, raw: Raw, options: LoadOptions
         metadata=extracted.metadata,
         masks=find_masks(list(extracted.tensors)),
         refused=raw.refused,
+        tp_state=raw.obj if extracted.container == "tp-state-dict" else None,
         **common,
     )
 

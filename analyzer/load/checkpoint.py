@@ -75,6 +75,8 @@ class Checkpoint:
     #: Effective tensor name (e.g. "conv1.weight") -> its `weight_orig`/`weight_mask` pair.
     masks: dict[str, MaskPair] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: torch-pruning's tp.state_dict object as loaded, for tp.load_state_dict.
+    tp_state: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def placeholders(self) -> list[str]:

@@ -49,6 +49,13 @@ class Placeholder(nn.Module):
     def __setitem__(self, key: Any, value: Any) -> None:
         self.__dict__.setdefault("_placeholder_items", []).append((key, value))
 
+    def placeholder_call(self, *args: Any, **kwargs: Any) -> Placeholder:
+        """What unpickling gets when the pickle calls this object (a chained payload such as
+        getattr(import_module("os"), "system")(...)): another placeholder, nothing run."""
+        result = make_placeholder(self._placeholder_for, "()")(*args, **kwargs)
+        result.__dict__["_placeholder_callee"] = self
+        return result
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotRunnableError(
             f"{self._placeholder_for} was not loaded (a placeholder stands in for it), so the model cannot run"
@@ -63,12 +70,13 @@ class Placeholder(nn.Module):
 
 
 def make_placeholder(module: str, name: str) -> type[Placeholder]:
-    """A new placeholder class standing for `module.name`."""
+    """A new placeholder class standing for `module.name` (`module()` for a call's result)."""
     qualname = name.rpartition(".")[2] or "Unnamed"
+    target = f"{module}{name}" if name == "()" else f"{module}.{name}"
     return type(
-        qualname,
+        qualname if qualname != "()" else "CallResult",
         (Placeholder,),
-        {"_placeholder_for": f"{module}.{name}", "__module__": "analyzer.placeholders"},
+        {"_placeholder_for": target, "__module__": "analyzer.placeholders"},
     )
 
 

@@ -125,7 +125,7 @@ def _fallback(policy: GlobalPolicy, refs: list[GlobalRef], reason: str, read_res
         unsafe = _unsafe(policy, refs)
         if not any(g.kind is GlobalKind.DANGEROUS for g in unsafe):
             raise
-        return Raw(None, "weights_only", unsafe, refused=reason)
+        return Raw(None, "refused", unsafe, refused=reason)
     raw.refused = reason
     raw.notes.append(_FALLBACK_NOTE.format(reason=reason))
     return raw

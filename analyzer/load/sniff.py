@@ -20,10 +20,12 @@ _PICKLE_PROTOCOL_OPCODE = 0x80
 _OLD_PICKLE_FIRST_BYTES = set(b"(}]).cNIFSVLGJKMTUX\x8c")
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
+_COMPRESSED: list[tuple[bytes, str, str]] = [
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"BZh", "bzip2", "bunzip2"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+]
 _NOT_CHECKPOINTS: list[tuple[bytes, str]] = [
-    (b"\x1f\x8b", "a gzip-compressed file; decompress it first (gunzip) and analyse what is inside"),
-    (b"BZh", "a bzip2-compressed file; decompress it first (bunzip2)"),
-    (b"\xfd7zXZ\x00", "an xz-compressed file; decompress it first (unxz)"),
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"GIF8", "a GIF image"),
@@ -66,7 +68,7 @@ def sniff(path: Path) -> Format:
         return Format.PICKLE
     if head[0] in _OLD_PICKLE_FIRST_BYTES and _ends_like_pickle(path):
         return Format.PICKLE
-    raise InputError(f"{path}: {_describe_unknown(path, head)}; {EXPECTED}")
+    raise InputError(f"{path}: {_describe_unknown(path, head)}")
 
 
 def _check_is_readable_file(path: Path) -> None:
@@ -110,6 +112,13 @@ def _ends_like_pickle(path: Path) -> bool:
 
 
 def _describe_unknown(path: Path, head: bytes) -> str:
+    for magic, kind, tool in _COMPRESSED:
+        if head.startswith(magic):
+            return f"a {kind}-compressed file, not a checkpoint: decompress it ({tool}) and analyse what is inside"
+    return f"{_what_it_is(path, head)}; {EXPECTED}"
+
+
+def _what_it_is(path: Path, head: bytes) -> str:
     for magic, what in _NOT_CHECKPOINTS:
         if head.startswith(magic):
             return f"this is {what}, not a checkpoint"
@@ -119,8 +128,7 @@ def _describe_unknown(path: Path, head: bytes) -> str:
         head.decode("utf-8")
     except UnicodeDecodeError:
         return "unrecognised binary data"
-    stripped = head.lstrip()
-    if stripped[:1] in (b"{", b"["):
+    if head.lstrip()[:1] in (b"{", b"["):
         try:
             json.loads(path.read_text(encoding="utf-8")[: 1 << 20])
             return "this is a JSON document, not a checkpoint"

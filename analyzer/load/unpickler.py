@@ -58,6 +58,9 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     def load_reduce(self) -> None:
         args = self.stack.pop()
         func = self.stack[-1]
+        if isinstance(func, Placeholder):  # calling what a placeholder returned: record, never run
+            self.stack[-1] = func.placeholder_call(*args)
+            return
         self._check_callable(func, "REDUCE")
         self.stack[-1] = func(*args)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..report.model import Finding
-from . import masks, nonfinite, pickle_safety
+from . import masks, pickle_safety, sparsity, tensor_health
 from .context import AnalysisOptions, PassContext, PassSkipped
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "run_passes"]
@@ -20,7 +20,8 @@ Pass = Callable[[PassContext], list[Finding]]
 PASSES: tuple[tuple[str, Pass], ...] = (
     ("pickle safety", pickle_safety.run),
     ("pruning masks", masks.run),
-    ("non-finite weights", nonfinite.run),
+    ("tensor health", tensor_health.run),
+    ("zero patterns", sparsity.run),
 )
 
 

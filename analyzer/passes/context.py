@@ -1,14 +1,15 @@
-"""What every pass gets: the checkpoint, its layers, the options, cached tensor scans."""
+"""What every pass gets: the checkpoint, its layers, the built model, cached scans."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from ..build import Build, Model, Reference
 from ..layers import Layer
 from ..load import Checkpoint
+from ..patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, weight_pattern
 from ..scan import TensorStats, tensor_stats
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
@@ -29,11 +30,17 @@ class PassContext:
     checkpoint: Checkpoint
     layers: list[Layer]
     options: AnalysisOptions = field(default_factory=AnalysisOptions)
-    #: A runnable model (full module or --arch), when one could be built.
-    model: Any = None
-    #: The dense reference (--baseline or the dense --arch), when one is known.
-    baseline: Any = None
+    build: Build = field(default_factory=Build)
     _stats: dict[str, TensorStats] = field(default_factory=dict, repr=False)
+    _patterns: dict[str, WeightPattern | BatchNormPattern | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def model(self) -> Model | None:
+        return self.build.model
+
+    @property
+    def reference(self) -> Reference | None:
+        return self.build.reference
 
     def tensor(self, name: str) -> torch.Tensor:
         """The effective tensor (masks applied)."""
@@ -43,6 +50,29 @@ class PassContext:
         if name not in self._stats:
             self._stats[name] = tensor_stats(self.tensor(name), self.options.zero_tol)
         return self._stats[name]
+
+    def pattern(self, layer: Layer) -> WeightPattern | BatchNormPattern | None:
+        """Zero pattern of a Conv/Linear weight or of a BatchNorm's scale and shift; None for others."""
+        if layer.name not in self._patterns:
+            self._patterns[layer.name] = self._compute_pattern(layer)
+        return self._patterns[layer.name]
+
+    def _compute_pattern(self, layer: Layer) -> WeightPattern | BatchNormPattern | None:
+        weight = layer.weight
+        if weight is None or layer.shape is None:
+            return None
+        stats = self.stats(weight)
+        if stats.nonzero is None or stats.layout == "sparse":
+            return None  # no data, or a layout whose zeros are not stored
+        if (layer.is_conv or layer.is_linear) and len(layer.shape) >= 2:
+            tensor = self.tensor(weight)
+            if layer.type.startswith("ConvTranspose"):
+                tensor = tensor.transpose(0, 1)  # stored (in, out, *k): patterns are about outputs
+            return weight_pattern(tensor, self.options.zero_tol)
+        if layer.is_batchnorm and len(layer.shape) == 1:
+            bias = layer.params.get("bias")
+            return batchnorm_pattern(self.tensor(weight), self.tensor(bias) if bias else None, self.options.zero_tol)
+        return None
 
     def layer(self, name: str) -> Layer | None:
         return next((layer for layer in self.layers if layer.name == name), None)

@@ -21,6 +21,7 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
     summary = Summary(
         params=sum(r.params for r in rows if r.params) - duplicate_params,
         nonzero_params=sum(r.nonzero or 0 for r in rows),
+        params_without_data=sum(r.params for r in rows if r.nonzero is None),
         buffers=sum(_numel(ctx, name) for layer in ctx.layers for name in layer.buffers.values()),
         layers=len(rows),
         tensors=len(checkpoint.tensors),

@@ -80,7 +80,8 @@ class LayerRow:
     type_source: str
     shape: list[int] | None
     params: int
-    nonzero: int
+    #: None when the tensors hold no data to count (meta tensors).
+    nonzero: int | None
     dtype: str
     masked: bool = False
     #: Zero pattern of the weight (issue 3 fills this in): dense, unstructured, 2:4, ...
@@ -89,12 +90,16 @@ class LayerRow:
     reference_out: int | None = None
 
     @property
-    def zero_fraction(self) -> float:
+    def zero_fraction(self) -> float | None:
+        """None when the tensors hold no data to count (meta tensors)."""
+        if self.nonzero is None:
+            return None
         return 0.0 if self.params == 0 else 1.0 - self.nonzero / self.params
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["zero_fraction"] = round(self.zero_fraction, 6)
+        fraction = self.zero_fraction
+        data["zero_fraction"] = None if fraction is None else round(fraction, 6)
         return data
 
     @classmethod
@@ -128,6 +133,7 @@ class Source:
 @dataclass
 class Summary:
     params: int
+    #: Non-zero parameters among those with data (see params_without_data).
     nonzero_params: int
     buffers: int
     layers: int
@@ -135,6 +141,8 @@ class Summary:
     #: Finding counts by severity.
     findings: dict[str, int] = field(default_factory=dict)
     flops: int | None = None
+    #: Parameters whose tensors carry no data (meta tensors): not counted as zero or non-zero.
+    params_without_data: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:

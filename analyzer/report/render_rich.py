@@ -36,7 +36,8 @@ def render_report(report: Report, all_layers: bool = False, show_layers: bool = 
 
 def _header(report: Report) -> RenderableType:
     source, summary = report.source, report.summary
-    zero = 1 - summary.nonzero_params / summary.params if summary.params else 0.0
+    counted = summary.params - summary.params_without_data
+    zero = 1 - summary.nonzero_params / counted if counted else 0.0
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -45,7 +46,10 @@ def _header(report: Report) -> RenderableType:
     if source.weights_key:
         read += f", weights from '{source.weights_key}'"
     grid.add_row("read as", read)
-    grid.add_row("params", f"{summary.params:,} ({summary.nonzero_params:,} non-zero, {zero:.1%} zero) in {summary.layers} layers")
+    params = f"{summary.params:,} ({summary.nonzero_params:,} non-zero, {zero:.1%} zero) in {summary.layers} layers"
+    if summary.params_without_data:
+        params += f"; {summary.params_without_data:,} without data (meta tensors) not counted"
+    grid.add_row("params", params)
     if source.placeholders:
         grid.add_row("placeholders", ", ".join(source.placeholders))
     return Panel(grid, title="analyze", title_align="left", box=box.ROUNDED)
@@ -102,13 +106,14 @@ def _short(value: Any) -> str:
 def _layer_table(rows: list[LayerRow], all_layers: bool) -> RenderableType:
     shown = rows
     if not all_layers and len(rows) > _MAX_LAYER_ROWS:
-        interesting = [r for r in rows if r.zero_fraction > 0 or r.masked or r.pattern not in (None, "dense")]
+        interesting = [r for r in rows if (r.zero_fraction or 0) > 0 or r.masked or r.pattern not in (None, "dense")]
         shown = (interesting or rows)[:_MAX_LAYER_ROWS]
     table = Table(box=box.SIMPLE_HEAD, title="layers", title_justify="left", title_style="bold")
     for column, justify in [("module", "left"), ("type", "left"), ("shape", "left"), ("params", "right"), ("zero", "right"), ("pattern", "left"), ("dtype", "left")]:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in shown:
-        zero = "?" if row.nonzero is None else f"{row.zero_fraction:.1%}"
+        fraction = row.zero_fraction
+        zero = "?" if fraction is None else f"{fraction:.1%}"
         type_text = row.type if row.type_source == "module" else f"{row.type}*"
         table.add_row(
             row.name,
