@@ -140,11 +140,21 @@ def _make_payload(path: Path) -> None:
 
 
 DEMO_CASES: tuple[DemoCase, ...] = (
-    DemoCase("resnet34_tp_ratio0.3.pth", "ResNet-34 channel-pruned by torch-pruning at ratio 0.3, saved whole with torch.save(model)", _make_resnet34_tp),
+    DemoCase(
+        "resnet34_tp_ratio0.3.pth",
+        "ResNet-34 channel-pruned by torch-pruning at ratio 0.3, saved whole with torch.save(model); compared with the dense zoo ResNet-34",
+        _make_resnet34_tp,
+        {"arch": "analyzer.zoo:resnet34", "input_shape": _EXAMPLE_INPUT},
+    ),
     DemoCase("retinaface_heads_pruned.pth", "RetinaFace (MobileNet-0.25) pruned by torch-pruning at 0.5 without ignoring the detection heads", _make_retinaface_heads_pruned),
     DemoCase("resnet18_prune_masks.pth", "ResNet-18 after prune.global_unstructured(L1, 50%), saved without prune.remove", _make_masks_left),
     DemoCase("resnet18_unstructured.pth", "the same after prune.remove: scattered zeros in dense tensors", _make_unstructured),
-    DemoCase("resnet18_ln_structured.pth", "ResNet-18 after prune.ln_structured(dim=0, 30%) + prune.remove: filters zeroed, not removed", _make_ln_structured),
+    DemoCase(
+        "resnet18_ln_structured.pth",
+        "ResNet-18 after prune.ln_structured(dim=0, 30%) + prune.remove: filters zeroed, not removed",
+        _make_ln_structured,
+        {"arch": "analyzer.zoo:resnet18", "input_shape": _EXAMPLE_INPUT},
+    ),
     DemoCase("custom_class_gone.pth", "a full-model pickle whose class (mynets_demo.C2f_v2) is not importable here", _make_class_gone),
     DemoCase("payload.pth", "a checkpoint carrying an os.system payload in its pickle", _make_payload),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..report.model import Finding
-from . import masks, pickle_safety, sparsity, tensor_health
+from . import channels, masks, pickle_safety, sparsity, tensor_health
 from .context import AnalysisOptions, PassContext, PassSkipped
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "run_passes"]
@@ -22,6 +22,9 @@ PASSES: tuple[tuple[str, Pass], ...] = (
     ("pruning masks", masks.run),
     ("tensor health", tensor_health.run),
     ("zero patterns", sparsity.run),
+    ("zeroed channels", channels.run_zeroed),
+    ("channel removal", channels.run_removal),
+    ("unaligned channels", channels.run_unaligned),
 )
 
 

@@ -38,7 +38,7 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
         placeholders=checkpoint.placeholders,
         metadata=dict(checkpoint.metadata),
     )
-    notes = list(checkpoint.notes) + shared_notes
+    notes = list(checkpoint.notes) + list(ctx.build.notes) + shared_notes
     if checkpoint.other_weight_keys:
         notes.append(
             f"weights read from '{checkpoint.weights_key}'; the file also holds "
@@ -53,6 +53,8 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
 def _row(ctx: PassContext, layer: Layer) -> LayerRow:
     stats = [ctx.stats(name) for name in layer.params.values()]
     known = all(s.nonzero is not None for s in stats)
+    pattern = ctx.pattern(layer)
+    reference = ctx.reference.shapes.get(layer.weight) if ctx.reference and layer.weight else None
     return LayerRow(
         name=layer.name or "<root>",
         type=layer.type,
@@ -62,6 +64,8 @@ def _row(ctx: PassContext, layer: Layer) -> LayerRow:
         nonzero=sum(s.nonzero or 0 for s in stats) if known else None,
         dtype=str(layer.dtype).removeprefix("torch.") if layer.dtype is not None else "-",
         masked=layer.masked,
+        pattern=pattern.label if pattern is not None else None,
+        reference_out=reference[0] if reference else None,
     )
 
 

@@ -76,7 +76,7 @@ def _finding(finding: Finding) -> RenderableType:
     if finding.fix:
         body.append(Text.assemble(("fix: ", "bold green"), finding.fix))
     if finding.fix_code:
-        body.append(Syntax(finding.fix_code, "python", theme="ansi_dark", background_color="default"))
+        body.append(Syntax(finding.fix_code, "python", theme="ansi_dark", background_color="default", word_wrap=True))
     style = _STYLE[finding.severity]
     return Panel(Group(*body), title=f"[{style}]{finding.severity.value}[/] {finding.kind}", title_align="left", border_style=style)
 

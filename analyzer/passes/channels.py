@@ -1,0 +1,476 @@
+"""Channel structure: zeroed-but-computed channels, real removal, widths off multiples of 8.
+
+`zeroed-channels`: whole filters (or BatchNorm channels) are zero but still computed. With
+a runnable model the channels are counted per coupled group (torch-pruning's
+DependencyGraph): a channel of a residual sum is removable only if every branch that
+feeds it is silenced. `channel-removal`: layers really narrower than the reference.
+`unaligned-channels`: widths that are not multiples of 8.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..coupling import ChannelGroup, GroupMember, coupled_groups
+from ..layers import Layer
+from ..patterns import BatchNormPattern, WeightPattern
+from ..report.model import Finding, Severity
+from .context import PassContext, PassSkipped
+
+KIND_ZEROED = "zeroed-channels"
+KIND_REMOVAL = "channel-removal"
+KIND_UNALIGNED = "unaligned-channels"
+ALIGNMENT = 8
+
+
+def run_zeroed(ctx: PassContext) -> list[Finding]:
+    per_layer = _zeroed_per_layer(ctx)
+    if not per_layer:
+        return []
+    groups, note = _groups(ctx)
+    if groups is not None:
+        return [_zeroed_by_group(ctx, per_layer, groups)]
+    return [_zeroed_static(ctx, per_layer, note)]
+
+
+def run_removal(ctx: PassContext) -> list[Finding]:
+    reference = ctx.reference
+    if reference is None:
+        raise PassSkipped("no dense reference to compare widths with (give --baseline dense.pth or --arch pkg.module:factory)")
+    narrower: dict[str, list[int]] = {}
+    for layer in ctx.layers:
+        if not (layer.is_conv or layer.is_linear or layer.is_batchnorm) or layer.weight is None or layer.shape is None:
+            continue
+        ref_shape = reference.shapes.get(layer.weight)
+        if ref_shape is None:
+            continue
+        kept, original = _out_width(layer, layer.shape), _out_width(layer, ref_shape)
+        if kept < original:
+            narrower[layer.name] = [kept, original]
+    names = {layer.weight for layer in ctx.layers if layer.weight}
+    missing_layers = sorted({n.rpartition(".")[0] for n in reference.shapes if n.endswith(".weight") and n not in names})
+    if not narrower:
+        return []
+    kept = sum(k for k, _ in narrower.values())
+    original = sum(o for _, o in narrower.values())
+    params_now = sum(math.prod(ctx.checkpoint.tensors.meta(_source(ctx, l.params[p]))[0]) for l in ctx.layers for p in l.params)
+    params_ref = sum(math.prod(s) for n, s in reference.shapes.items() if not _is_buffer_name(n))
+    return [
+        Finding(
+            kind=KIND_REMOVAL,
+            severity=Severity.INFO,
+            modules=list(narrower),
+            message=(
+                f"{len(narrower)} layers are narrower than the reference ({reference.source}): {kept:,} of "
+                f"{original:,} output channels kept ({kept / original:.0%}); parameters {params_ref:,} → "
+                f"{params_now:,} ({params_now / params_ref - 1:+.0%}). The channels were really removed."
+            ),
+            evidence={
+                "kept_of_original": narrower,
+                "kept_fraction": round(kept / original, 4),
+                "params": params_now,
+                "reference_params": params_ref,
+                "layers_missing": missing_layers,
+                "reference": reference.source,
+            },
+            fix="Nothing to fix: removed channels are what makes a pruned model faster. Check widths with unaligned-channels.",
+        )
+    ]
+
+
+def run_unaligned(ctx: PassContext) -> list[Finding]:
+    reference = ctx.reference
+    widths: dict[str, int] = {}
+    consumers_in = _input_widths(ctx)
+    for layer in ctx.layers:
+        if not (layer.is_conv or layer.is_linear) or layer.shape is None or layer.weight is None:
+            continue
+        width = _out_width(layer, layer.shape)
+        if width % ALIGNMENT == 0 or width < ALIGNMENT:
+            continue  # below one vector width, per-kernel overhead dominates anyway
+        if reference is not None:
+            ref_shape = reference.shapes.get(layer.weight)
+            changed = ref_shape is not None and _out_width(layer, ref_shape) != width
+        else:
+            changed = any(w == width for other, w in consumers_in.items() if other != layer.name)
+        if changed:
+            widths[layer.name] = width
+    if not widths:
+        return []
+    basis = f"widths changed from {reference.source}" if reference else "hidden widths (read by another layer)"
+    return [
+        Finding(
+            kind=KIND_UNALIGNED,
+            severity=Severity.WARNING,
+            modules=list(widths),
+            message=(
+                f"{len(widths)} layers have {basis} that are not multiples of {ALIGNMENT} "
+                f"(e.g. {', '.join(f'{k}: {v}' for k, v in list(widths.items())[:4])}): fp16 Tensor Core kernels need "
+                f"multiples of {ALIGNMENT} and fall back to slower ones or pad, and CPU SIMD pads too, so the "
+                "removed channels save less time than FLOPs suggest."
+            ),
+            evidence={
+                "widths": widths,
+                "rounded_up": {k: -(-v // ALIGNMENT) * ALIGNMENT for k, v in widths.items()},
+            },
+            fix=f"Prune with torch-pruning's round_to={ALIGNMENT} so every width stays a multiple of {ALIGNMENT}.",
+            fix_code=(
+                "pruner = tp.pruner.MetaPruner(\n    model, example_inputs, importance=tp.importance.MagnitudeImportance(p=2),\n"
+                f"    pruning_ratio=ratio, ignored_layers=ignored_layers, round_to={ALIGNMENT},\n)\npruner.step()"
+            ),
+        )
+    ]
+
+
+# -- zeroed channels -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Silenced:
+    """Output channels of one layer that carry no signal: zero filters, or a BN that zeroes them."""
+
+    filters: frozenset[int]
+    by_batchnorm: frozenset[int]
+
+    @property
+    def all(self) -> frozenset[int]:
+        return self.filters | self.by_batchnorm
+
+
+def _zeroed_per_layer(ctx: PassContext) -> dict[str, _Silenced]:
+    layers = {layer.name: layer for layer in ctx.layers}
+    per_layer: dict[str, _Silenced] = {}
+    for layer in ctx.layers:
+        pattern = ctx.pattern(layer)
+        if isinstance(pattern, WeightPattern) and pattern.zero_out_channels and len(pattern.zero_out_channels) < pattern.out_channels:
+            bn = _batchnorm_after(layer, layers)
+            bn_pattern = ctx.pattern(bn) if bn else None
+            by_bn = set(bn_pattern.dead + bn_pattern.constant) if isinstance(bn_pattern, BatchNormPattern) else set()
+            per_layer[layer.name] = _Silenced(frozenset(pattern.zero_out_channels), frozenset(by_bn))
+    for layer in ctx.layers:
+        pattern = ctx.pattern(layer)
+        if isinstance(pattern, BatchNormPattern) and (pattern.dead or pattern.constant):
+            producer = _producer_before(layer, layers)
+            key = producer.name if producer else layer.name
+            previous = per_layer.get(key, _Silenced(frozenset(), frozenset()))
+            per_layer[key] = _Silenced(previous.filters, previous.by_batchnorm | frozenset(pattern.dead + pattern.constant))
+    return per_layer
+
+
+def _batchnorm_after(layer: Layer, layers: dict[str, Layer]) -> Layer | None:
+    for name in _neighbour_names(layer.name, forward=True):
+        candidate = layers.get(name)
+        if candidate is not None and candidate.is_batchnorm and candidate.shape and layer.shape and candidate.shape[0] == _out_width(layer, layer.shape):
+            return candidate
+    return None
+
+
+def _producer_before(bn: Layer, layers: dict[str, Layer]) -> Layer | None:
+    for name in _neighbour_names(bn.name, forward=False):
+        candidate = layers.get(name)
+        if candidate is not None and (candidate.is_conv or candidate.is_linear) and candidate.shape and bn.shape and _out_width(candidate, candidate.shape) == bn.shape[0]:
+            return candidate
+    return None
+
+
+def _neighbour_names(name: str, forward: bool) -> list[str]:
+    """Names a BatchNorm has next to its conv: conv1/bn1, cv1.conv/cv1.bn, seq.0/seq.1."""
+    parent, _, last = name.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    names = []
+    swaps = (("conv", "bn"), ("Conv", "BN")) if forward else (("bn", "conv"), ("BN", "Conv"))
+    for old, new in swaps:
+        if old in last:
+            names.append(prefix + last.replace(old, new))
+    if last.isdigit():
+        names.append(prefix + str(int(last) + (1 if forward else -1)))
+    return names
+
+
+def _groups(ctx: PassContext) -> tuple[list[ChannelGroup] | None, str]:
+    model = ctx.model
+    if model is None:
+        return None, "per layer only: no runnable model, so coupling through residual adds was not checked (give --arch)"
+    if not model.trace.ok:
+        return None, "per layer only: the model's forward pass fails, so coupling was not traced"
+    try:
+        return coupled_groups(model.module, model.example_input), ""
+    except Exception as e:  # torch-pruning raises many kinds on graphs it cannot trace
+        return None, f"per layer only: torch-pruning could not trace the model ({type(e).__name__}: {str(e)[:120]})"
+
+
+def _zeroed_static(ctx: PassContext, per_layer: dict[str, _Silenced], note: str) -> Finding:
+    layers = {layer.name: layer for layer in ctx.layers}
+    evidence_layers = {}
+    params = 0
+    for name, silenced in per_layer.items():
+        layer = layers[name]
+        per_channel = _out_params_per_channel(ctx, layer)
+        count = len(silenced.all)
+        params += count * per_channel
+        evidence_layers[name] = {"zeroed": count, "of": _out_width(layer, layer.shape), "zero_filters": len(silenced.filters), "silenced_by_batchnorm": len(silenced.by_batchnorm - silenced.filters)}
+    total = sum(v["zeroed"] for v in evidence_layers.values())
+    return Finding(
+        kind=KIND_ZEROED,
+        severity=Severity.WARNING,
+        modules=list(per_layer),
+        message=(
+            f"{total} output channels in {len(per_layer)} layers are zeroed but still computed "
+            f"(at least {params:,} parameters of their own); {note}."
+        ),
+        evidence={"per_layer": evidence_layers, "params_removable_at_least": params, "coupling_checked": False},
+        fix="Remove the channels rather than zeroing them: with a runnable model (--arch), the analysis lists them per coupled group with the torch-pruning call that removes them.",
+    )
+
+
+def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: list[ChannelGroup]) -> Finding:
+    module = ctx.model.module  # type: ignore[union-attr]
+    modules = dict(module.named_modules())
+    per_group = {}
+    removals: list[tuple[str, list[int]]] = []
+    all_cuts: dict[str, _Cut] = {}
+    for group in groups:
+        producers = group.producers()
+        if not producers or not any(p.name in per_layer for p in producers):
+            continue
+        everywhere, somewhere = _silenced_channels(group, producers, per_layer)
+        if not somewhere:
+            continue
+        dead = sorted(i for i in everywhere if _is_dead(ctx, group, producers, per_layer, modules, i))
+        cuts = _cuts(group, len(everywhere))
+        group_params, group_macs = _savings(ctx, modules, cuts)
+        _merge(all_cuts, cuts)
+        per_group[group.root] = {
+            "channels": group.size,
+            "removable": len(everywhere),
+            "dead": len(dead),
+            "constant": len(everywhere) - len(dead),
+            "zeroed_in_some_branches_only": len(somewhere) - len(everywhere),
+            "producers": [p.name for p in producers],
+            "params_removable_alone": group_params,
+            "macs_removable_alone": group_macs,
+        }
+        if dead:
+            removals.append((group.root, dead))
+    params, macs = _savings(ctx, modules, all_cuts)
+    total_params = sum(p.numel() for p in module.parameters())
+    total_macs = _model_macs(ctx)
+    removable = sum(g["removable"] for g in per_group.values())
+    constant = sum(g["constant"] for g in per_group.values())
+    blocked = sum(g["zeroed_in_some_branches_only"] for g in per_group.values())
+    message = (
+        f"{removable + blocked} channels in {len(per_group)} coupled groups are zeroed but still computed; "
+        f"{removable} can be removed, saving {params:,} parameters ({params / max(total_params, 1):.1%})"
+        + (f" and {macs:,} MACs per sample ({macs / total_macs:.1%})" if total_macs else "")
+    )
+    if constant:
+        message += f"; {constant} of them output a constant (a BatchNorm shift or a bias), which must be folded into the next layer when they go"
+    if blocked:
+        message += f"; {blocked} are zero in some branches of a residual sum only, so they stay"
+    return Finding(
+        kind=KIND_ZEROED,
+        severity=Severity.WARNING,
+        modules=list(per_group),
+        message=message + ".",
+        evidence={
+            "per_group": per_group,
+            "per_layer": {name: len(s.all) for name, s in per_layer.items()},
+            "params_removable": params,
+            "macs_removable": macs,
+            "macs_total": total_macs,
+            "input_shape": list(ctx.model.example_input.shape),  # type: ignore[union-attr]
+            "coupling_checked": True,
+        },
+        fix=(
+            "Remove the dead channels with torch-pruning's dependency graph (every coupled layer at once); "
+            "channels that output a constant need the constant folded into the next layer first."
+        ),
+        fix_code=_removal_code(ctx, removals) if removals else None,
+    )
+
+
+def _is_dead(
+    ctx: PassContext,
+    group: ChannelGroup,
+    producers: list[GroupMember],
+    per_layer: dict[str, _Silenced],
+    modules: dict[str, nn.Module],
+    index: int,
+) -> bool:
+    """True when every branch of the channel outputs exactly 0 (not a constant)."""
+    for producer in producers:
+        channel = producer.idxs[index]
+        silenced = per_layer[producer.name]
+        value = 0.0
+        if channel in silenced.filters:
+            bias = getattr(modules.get(producer.name), "bias", None)
+            value = float(bias.detach()[channel]) if bias is not None else 0.0
+            for follower in group.followers(producer.name):
+                value = _batchnorm_of(modules.get(follower.name), follower.idxs[index], value)
+        else:  # silenced by a BatchNorm scale of 0: the output is its shift
+            for follower in group.followers(producer.name):
+                bn = modules.get(follower.name)
+                if isinstance(bn, nn.modules.batchnorm._NormBase) and bn.bias is not None:
+                    value = float(bn.bias.detach()[follower.idxs[index]])
+        if abs(value) > ctx.options.zero_tol:
+            return False
+    return True
+
+
+def _batchnorm_of(module: nn.Module | None, channel: int, value: float) -> float:
+    """What an eval-mode BatchNorm outputs at `channel` for a constant input `value`."""
+    if not isinstance(module, nn.modules.batchnorm._NormBase):
+        return value
+    def at(tensor: torch.Tensor | None, default: float) -> float:
+        return float(tensor.detach()[channel]) if tensor is not None else default
+
+    mean, var = at(module.running_mean, 0.0), at(module.running_var, 1.0)
+    scale, shift = at(module.weight, 1.0), at(module.bias, 0.0)
+    return (value - mean) * scale / math.sqrt(var + module.eps) + shift
+
+
+def _silenced_channels(group: ChannelGroup, producers: list[GroupMember], per_layer: dict[str, _Silenced]) -> tuple[set[int], set[int]]:
+    everywhere: set[int] = set()
+    somewhere: set[int] = set()
+    for i in range(group.size):
+        hits = [p.idxs[i] in per_layer[p.name].all if p.name in per_layer else False for p in producers]
+        if all(hits):
+            everywhere.add(i)
+        if any(hits):
+            somewhere.add(i)
+    return everywhere, somewhere
+
+
+@dataclass
+class _Cut:
+    """Channels removed from one layer's outputs and inputs."""
+
+    out: int = 0
+    inp: int = 0
+
+
+def _cuts(group: ChannelGroup, channels: int) -> dict[str, _Cut]:
+    cuts: dict[str, _Cut] = {}
+    for member in group.members:
+        cut = cuts.setdefault(member.name, _Cut())
+        if member.role == "out":
+            cut.out += channels
+        else:
+            cut.inp += channels
+    return cuts
+
+
+def _merge(total: dict[str, _Cut], cuts: dict[str, _Cut]) -> None:
+    for name, cut in cuts.items():
+        merged = total.setdefault(name, _Cut())
+        merged.out += cut.out
+        merged.inp += cut.inp
+
+
+def _savings(ctx: PassContext, modules: dict[str, nn.Module], cuts: dict[str, _Cut]) -> tuple[int, int]:
+    """Parameters and MACs per sample saved by making the cuts (a layer cut twice counted once)."""
+    params = macs = 0
+    for name, cut in cuts.items():
+        module = modules.get(name)
+        if module is None:
+            continue
+        before, after = _cost(ctx, name, module, _Cut()), _cost(ctx, name, module, cut)
+        params += before[0] - after[0]
+        macs += before[1] - after[1]
+    return params, macs
+
+
+def _cost(ctx: PassContext, name: str, module: nn.Module, cut: _Cut) -> tuple[int, int]:
+    """Parameters and MACs per sample of a layer after a cut."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        kernel = math.prod(module.kernel_size)
+        out, inp, groups = module.out_channels - cut.out, module.in_channels - cut.inp, module.groups
+        if groups > 1 and groups == module.in_channels == module.out_channels:
+            weights = out * kernel  # depthwise: its input and output channels are the same channels
+        else:
+            weights = out * (inp // groups) * kernel
+        spatial = _output_positions(ctx, name, conv=True)
+        return weights + (out if module.bias is not None else 0), weights * spatial
+    if isinstance(module, nn.Linear):
+        out, inp = module.out_features - cut.out, module.in_features - cut.inp
+        return out * inp + (out if module.bias is not None else 0), out * inp * _output_positions(ctx, name, conv=False)
+    per_channel = sum(1 for p in module.parameters(recurse=False) if p.dim() == 1)
+    channels = next((p.shape[0] for p in module.parameters(recurse=False) if p.dim() == 1), 0)
+    return per_channel * (channels - cut.out), 0
+
+
+def _model_macs(ctx: PassContext) -> int:
+    modules = ctx.model.module.named_modules()  # type: ignore[union-attr]
+    return sum(_cost(ctx, name, m, _Cut())[1] for name, m in modules if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)))
+
+
+def _output_positions(ctx: PassContext, name: str, conv: bool) -> int:
+    """Output positions per sample: H*W for a 2-d conv, tokens for a Linear on (N, T, F)."""
+    call = ctx.model.trace.calls.get(name) if ctx.model else None  # type: ignore[union-attr]
+    if call is None or not call.outputs:
+        return 1
+    shape = call.outputs[0]
+    return math.prod(shape[2:]) if conv else math.prod(shape[1:-1])
+
+
+def _removal_code(ctx: PassContext, removals: list[tuple[str, list[int]]]) -> str:
+    shape = ", ".join(map(str, ctx.model.example_input.shape))  # type: ignore[union-attr]
+    listed = "".join(f"    {root!r}: {channels},\n" for root, channels in removals)
+    return (
+        "import torch\nimport torch_pruning as tp\n\n"
+        f"dead_channels = {{  # coupled group (by its first layer) -> channels that output exactly 0\n{listed}}}\n"
+        f"graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn({shape}))\n"
+        "for name, idxs in dead_channels.items():\n"
+        "    layer = model.get_submodule(name)\n"
+        "    prune = tp.prune_linear_out_channels if isinstance(layer, torch.nn.Linear) else tp.prune_conv_out_channels\n"
+        "    group = graph.get_pruning_group(layer, prune, idxs=idxs)\n"
+        "    if graph.check_pruning_group(group):\n"
+        "        group.prune()"
+    )
+
+
+# -- widths ----------------------------------------------------------------------------
+
+
+def _out_width(layer: Layer, shape: tuple[int, ...]) -> int:
+    if layer.type.startswith("ConvTranspose") and len(shape) > 1:
+        return shape[1]
+    return shape[0]
+
+
+def _input_widths(ctx: PassContext) -> dict[str, int]:
+    """Input channels each conv/linear layer reads (depthwise: its own width)."""
+    widths = {}
+    modules = dict(ctx.model.module.named_modules()) if ctx.model else {}
+    for layer in ctx.layers:
+        if not (layer.is_conv or layer.is_linear) or layer.shape is None or len(layer.shape) < 2:
+            continue
+        module = modules.get(layer.name)
+        if isinstance(module, nn.modules.conv._ConvNd):
+            widths[layer.name] = module.in_channels
+        elif layer.type.startswith("ConvTranspose"):
+            widths[layer.name] = layer.shape[0]
+        elif layer.shape[1] == 1 and layer.is_conv:
+            widths[layer.name] = layer.shape[0]  # depthwise (groups unknown without a module)
+        else:
+            widths[layer.name] = layer.shape[1]
+    return widths
+
+
+def _out_params_per_channel(ctx: PassContext, layer: Layer) -> int:
+    shape = layer.shape or (1,)
+    per_channel = math.prod(shape[1:]) if len(shape) > 1 else 1
+    return per_channel + (1 if "bias" in layer.params else 0)
+
+
+def _source(ctx: PassContext, name: str) -> str:
+    return ctx.checkpoint.masks[name].orig if name in ctx.checkpoint.masks else name
+
+
+def _is_buffer_name(name: str) -> bool:
+    return name.rpartition(".")[2] in ("running_mean", "running_var", "num_batches_tracked")
+
