@@ -9,6 +9,7 @@
 from .api import analyze
 from .errors import AnalyzerError, BuildError, InputError, NotRunnableError, UsageError
 from .load import Checkpoint, LoadOptions, load_checkpoint
+from .loading import load_pruned
 from .report.model import Finding, LayerRow, Report, Severity
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "__version__",
     "analyze",
     "load_checkpoint",
+    "load_pruned",
     "LoadOptions",
     "Checkpoint",
     "Report",

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from . import __version__
 from .api import analyze
+from .build import parse_input_shape
 from .errors import AnalyzerError, UsageError
 from .fsutil import atomic_write_text
 from .report.model import Report, Severity
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--trust", action="store_true", help="unpickle fully: runs code from the file (only for files you made)")
     load.add_argument("--allow-module", action="append", default=[], metavar="PKG", help="import PKG and rebuild its classes from the pickle (repeatable)")
     load.add_argument("--key", metavar="KEY", help="entry of a training checkpoint holding the weights (e.g. ema, model.state_dict)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", metavar="PKG.MODULE:FACTORY", help="dense architecture to fit the checkpoint to (imports that code), e.g. analyzer.zoo:resnet50")
+    model.add_argument("--baseline", metavar="DENSE.PTH", help="dense checkpoint to compare widths (and, profiled, speed) with")
+    model.add_argument("--input-shape", metavar="N,C,H,W", help="example input for running the model (default: inferred from the first layer)")
     scan = parser.add_argument_group("analysis")
     scan.add_argument("--zero-tol", type=float, default=0.0, metavar="TOL", help="count |x| <= TOL as zero (default: exactly 0)")
     out = parser.add_argument_group("output")
@@ -76,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _analyze_one(path: str, args: argparse.Namespace) -> Report:
     return analyze(
         path,
+        arch=args.arch,
+        baseline=args.baseline,
+        input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
         trust=args.trust,
         allow_modules=tuple(args.allow_module),
         key=args.key,

@@ -60,7 +60,7 @@ class WeightPattern:
             parts.append("zeroed-out")
         if self.zero_in_channels:
             parts.append("zeroed-in")
-        if self.zero_kernels * self.kernel_size >= KERNEL_SHARE_MIN * self.zeros:
+        if self.zero_kernels and self.zero_kernels * self.kernel_size >= KERNEL_SHARE_MIN * self.zeros:
             parts.append("kernels")
         if self.unstructured_fraction >= UNSTRUCTURED_MIN:
             parts.append("unstructured")

@@ -10,6 +10,7 @@ makes findings: the passes read the `Build`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,10 @@ class Reference:
     module_types: dict[str, str] = field(default_factory=dict)
     #: A runnable dense model, when there is one (--arch, or a runnable --baseline).
     module: nn.Module | None = None
+    #: False when the checkpoint is not a (possibly pruned) version of this reference.
+    matches: bool = True
+    #: Why it does not match, when it does not.
+    mismatch: str | None = None
 
 
 @dataclass
@@ -85,25 +90,35 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
     result = Build()
     dense = build_dense(options.arch) if options.arch else None
     result.reference = _reference(options, load_options, dense)
+    if result.reference is not None:
+        _check_reference(checkpoint, result.reference)
     module, origin = _runnable_module(checkpoint, dense, result)
     if module is not None:
-        example = _example_input(module, options, checkpoint)
-        result.model = Model(module, example, origin, run_traced(module, example))
+        example, trace = _run_example(module, options, checkpoint)
+        result.model = Model(module, example, origin, trace)
         if options.input_shape is None:
             result.notes.append(f"example input {tuple(example.shape)} inferred from the first layer (set --input-shape)")
     return result
 
 
-def rebuild_pruned(checkpoint: Checkpoint, factory: str) -> nn.Module:
+def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module]) -> nn.Module:
     """The pruned model of `checkpoint` rebuilt on the dense `factory`; raises BuildError when it cannot."""
     result = Build()
     module, _ = _runnable_module(checkpoint, build_dense(factory), result)
     if module is None:
         fit = result.fit
-        why = f"{fit.cause}: " if fit and fit.cause else ""
-        detail = "; ".join(result.notes) or "the checkpoint does not fit the architecture"
-        raise BuildError(f"{checkpoint.path}: cannot rebuild on {factory} ({why}{detail})")
+        why = f"{fit.cause}; " if fit and fit.cause else ""
+        detail = "; ".join(result.notes) or _first_mismatches(fit)
+        raise BuildError(f"{checkpoint.path}: cannot rebuild the model from the factory ({why}{detail})")
     return module
+
+
+def _first_mismatches(fit: FitReport | None) -> str:
+    if fit is None:
+        return "the checkpoint does not fit the architecture"
+    parts = [f"{m.key}: {list(m.checkpoint_shape)} vs {list(m.model_shape)}" for m in fit.mismatched[:3]]
+    parts += [f"missing {k}" for k in fit.missing[:2]] + [f"unexpected {k}" for k in fit.unexpected[:2]]
+    return ", ".join(parts)
 
 
 def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Module | None) -> Reference | None:
@@ -117,6 +132,14 @@ def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Modul
         types = {name: type(m).__name__ for name, m in dense.named_modules()}
         return Reference(f"--arch {options.arch}", shapes, types, copy.deepcopy(dense))
     return None
+
+
+def _check_reference(checkpoint: Checkpoint, reference: Reference) -> None:
+    """A reference only serves for width comparisons when the checkpoint is it, or a pruned copy of it."""
+    fit = compare(reference.shapes, {name: _shape(checkpoint, name) for name in checkpoint.effective_names()})
+    if fit.cause not in (None, PRUNED):
+        reference.matches = False
+        reference.mismatch = fit.cause
 
 
 def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Build) -> tuple[nn.Module | None, str]:
@@ -168,10 +191,30 @@ def _load_strict(model: nn.Module, checkpoint: Checkpoint) -> None:
         raise RuntimeError(f"missing {missing[:5]}, unexpected {outcome.unexpected_keys[:5]}")
 
 
-def _example_input(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> torch.Tensor:
+#: Spatial sizes tried, in order, when the input shape is inferred and the first one fails
+#: (a Flatten before a Linear fixes the size a model accepts).
+_FALLBACK_SIZES = (32, 64, 128, 256, 512, 16, 8, 28, 96, 112, 299, 320, 640)
+
+
+def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> tuple[torch.Tensor, Trace]:
+    """The example input and the model's trace on it. An inferred input is retried at other
+    spatial sizes before a failure counts; the first size that runs wins."""
     shape = options.input_shape or default_input_shape(module)
     if shape is None:
         raise UsageError(f"{checkpoint.path}: cannot infer an example input for this model; pass --input-shape")
+    example = _random_input(module, shape)
+    trace = run_traced(module, example)
+    if trace.ok or options.input_shape is not None or len(shape) < 3:
+        return example, trace
+    for size in _FALLBACK_SIZES:
+        candidate = _random_input(module, (*shape[:-2], size, size) if len(shape) == 4 else (*shape[:-1], size))
+        retry = run_traced(module, candidate)
+        if retry.ok:
+            return candidate, retry
+    return example, trace
+
+
+def _random_input(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 

@@ -33,14 +33,16 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     return factory  # type: ignore[return-value]
 
 
-def build_dense(spec: str) -> nn.Module:
-    factory = load_factory(spec)
+def build_dense(spec: str | Callable[[], nn.Module]) -> nn.Module:
+    """The dense model from `pkg.module:factory` or from a factory callable."""
+    factory = load_factory(spec) if isinstance(spec, str) else spec
+    label = spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec))
     try:
         model = factory()
     except Exception as e:  # the user's factory may fail any way it likes
-        raise BuildError(f"--arch {spec}: the factory raised {type(e).__name__}: {e}") from e
+        raise BuildError(f"--arch {label}: the factory raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
-        raise BuildError(f"--arch {spec}: the factory returned {type(model).__name__}, not an nn.Module")
+        raise BuildError(f"--arch {label}: the factory returned {type(model).__name__}, not an nn.Module")
     return model.eval()
 
 

@@ -71,9 +71,16 @@ class FitReport:
         return grouped
 
 
-def compare(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], masked: list[str] = ()) -> FitReport:
-    """How the checkpoint's tensor `shapes` (masks already folded) differ from `model`'s state dict."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def compare(
+    expected: Mapping[str, tuple[int, ...]] | nn.Module,
+    shapes: Mapping[str, tuple[int, ...]],
+    masked: list[str] = (),
+) -> FitReport:
+    """How the checkpoint's tensor `shapes` (masks already folded) differ from a model's
+    state dict (or from a reference's shapes: then every layer counts as resizable)."""
+    model = expected if isinstance(expected, nn.Module) else None
+    if model is not None:
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     report = FitReport(masked=list(masked))
     report.missing = [k for k in expected if k not in shapes]
     report.unexpected = [k for k in shapes if k not in expected]
@@ -103,14 +110,14 @@ def _prefix_between(missing: list[str], unexpected: list[str]) -> str | None:
     return None
 
 
-def _cause(report: FitReport, model: nn.Module) -> str | None:
+def _cause(report: FitReport, model: nn.Module | None) -> str | None:
     if report.fits:
         return None
     if report.prefix is not None:
         return PREFIX
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules()) if model is not None else {}
     resizable = all(
-        m.narrower and isinstance(modules.get(m.module), _RESIZABLE) for m in report.mismatched
+        m.narrower and (model is None or isinstance(modules.get(m.module), _RESIZABLE)) for m in report.mismatched
     )
     only_buffers_missing = all(k.endswith("num_batches_tracked") for k in report.missing) and not report.unexpected
     if report.mismatched and resizable and (not report.missing or only_buffers_missing):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..report.model import Finding
-from . import channels, masks, pickle_safety, sparsity, tensor_health
+from . import channels, fit, forward, heads, masks, pickle_safety, residual, sparsity, tensor_health
 from .context import AnalysisOptions, PassContext, PassSkipped
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "run_passes"]
@@ -20,6 +20,10 @@ Pass = Callable[[PassContext], list[Finding]]
 PASSES: tuple[tuple[str, Pass], ...] = (
     ("pickle safety", pickle_safety.run),
     ("pruning masks", masks.run),
+    ("state dict fit", fit.run),
+    ("forward pass", forward.run),
+    ("residual and concat checks", residual.run),
+    ("detection heads", heads.run),
     ("tensor health", tensor_health.run),
     ("zero patterns", sparsity.run),
     ("zeroed channels", channels.run_zeroed),

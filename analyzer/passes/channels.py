@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..build import Reference
 from ..coupling import ChannelGroup, GroupMember, coupled_groups
 from ..layers import Layer
 from ..patterns import BatchNormPattern, WeightPattern
@@ -38,9 +39,13 @@ def run_zeroed(ctx: PassContext) -> list[Finding]:
 
 
 def run_removal(ctx: PassContext) -> list[Finding]:
-    reference = ctx.reference
+    reference = _usable_reference(ctx)
     if reference is None:
-        raise PassSkipped("no dense reference to compare widths with (give --baseline dense.pth or --arch pkg.module:factory)")
+        raise PassSkipped(
+            f"the reference ({ctx.reference.source}) is not this model's architecture ({ctx.reference.mismatch})"
+            if ctx.reference
+            else "no dense reference to compare widths with (give --baseline dense.pth or --arch pkg.module:factory)"
+        )
     narrower: dict[str, list[int]] = {}
     for layer in ctx.layers:
         if not (layer.is_conv or layer.is_linear or layer.is_batchnorm) or layer.weight is None or layer.shape is None:
@@ -83,7 +88,7 @@ def run_removal(ctx: PassContext) -> list[Finding]:
 
 
 def run_unaligned(ctx: PassContext) -> list[Finding]:
-    reference = ctx.reference
+    reference = _usable_reference(ctx)
     widths: dict[str, int] = {}
     consumers_in = _input_widths(ctx)
     for layer in ctx.layers:
@@ -434,6 +439,11 @@ def _removal_code(ctx: PassContext, removals: list[tuple[str, list[int]]]) -> st
 
 
 # -- widths ----------------------------------------------------------------------------
+
+
+def _usable_reference(ctx: PassContext) -> Reference | None:
+    reference = ctx.reference
+    return reference if reference is not None and reference.matches else None
 
 
 def _out_width(layer: Layer, shape: tuple[int, ...]) -> int:

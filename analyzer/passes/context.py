@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..build import Build, Model, Reference
+from ..build.graph import GraphTrace, trace_graph
 from ..layers import Layer
 from ..load import Checkpoint
 from ..patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, weight_pattern
@@ -33,6 +34,7 @@ class PassContext:
     build: Build = field(default_factory=Build)
     _stats: dict[str, TensorStats] = field(default_factory=dict, repr=False)
     _patterns: dict[str, WeightPattern | BatchNormPattern | None] = field(default_factory=dict, repr=False)
+    _graph: list[GraphTrace | None] = field(default_factory=list, repr=False)
 
     @property
     def model(self) -> Model | None:
@@ -73,6 +75,13 @@ class PassContext:
             bias = layer.params.get("bias")
             return batchnorm_pattern(self.tensor(weight), self.tensor(bias) if bias else None, self.options.zero_tol)
         return None
+
+    def graph(self) -> GraphTrace | None:
+        """The model's op-by-op trace on its example input (None: no model, or it does not trace)."""
+        if not self._graph:
+            model = self.model
+            self._graph.append(trace_graph(model.module, model.example_input) if model is not None else None)
+        return self._graph[0]
 
     def layer(self, name: str) -> Layer | None:
         return next((layer for layer in self.layers if layer.name == name), None)

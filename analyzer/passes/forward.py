@@ -1,0 +1,54 @@
+"""`forward-failure`: the model does not run on the example input.
+
+Any exception of the forward pass becomes this finding, at the innermost module that
+was running when it was raised — never a traceback. Passes that can explain the
+failure better (residual and head checks) report their own kind for the same module.
+"""
+
+from __future__ import annotations
+
+from ..report.model import Finding, Severity
+from . import residual
+from .context import PassContext
+
+KIND = "forward-failure"
+
+
+def run(ctx: PassContext) -> list[Finding]:
+    model = ctx.model
+    if model is None or model.trace.ok:
+        return []
+    failure = model.trace.failure
+    assert failure is not None
+    if _in_a_head(ctx, failure.module) or residual.explains(ctx):
+        return []  # the head and residual checks explain this one
+    where = failure.module or "<model>"
+    return [
+        Finding(
+            kind=KIND,
+            severity=Severity.ERROR,
+            modules=[where],
+            message=(
+                f"The model fails on an input of shape {list(model.trace.input_shape)} in {where}: "
+                f"{failure.exception_type}: {failure.message}"
+            ),
+            evidence={
+                "module": where,
+                "module_stack": failure.stack,
+                "exception": failure.exception_type,
+                "error": failure.message,
+                "input_shape": list(model.trace.input_shape),
+                "model_from": model.origin,
+            },
+            fix=(
+                "If the input shape is wrong for this model, pass --input-shape; otherwise the layers around "
+                f"{where} no longer agree in shape (see the checks below)."
+            ),
+        )
+    ]
+
+
+def _in_a_head(ctx: PassContext, module: str) -> bool:
+    from .heads import detected_heads
+
+    return any(module == head.conv or head.conv.startswith(module + ".") for head in detected_heads(ctx) if module)

@@ -1,0 +1,200 @@
+"""`residual-mismatch`: the operands of an add or a concat no longer agree in channels.
+
+With a runnable model the failing op is found in the traced graph (torch.fx) with the
+modules that produced each operand; without FX, from the module that was running and
+the PyTorch size error. Without a runnable model, ResNet-style blocks are checked
+statically: a block's last layer and its shortcut (downsample, or the block input) must
+have the same width.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..build.graph import BINARY_OPS, CAT_OPS, OpRecord
+from ..coupling import coupled_groups
+from ..layers import Layer
+from ..report.model import Finding, Severity
+from .context import PassContext
+
+KIND = "residual-mismatch"
+
+_SIZE_ERROR = re.compile(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension (\d+)")
+_CHANNEL_ERROR = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
+_BLOCK_LAYER = re.compile(r"^(conv|bn)(\d+)$")
+
+_FIX_CODE = """\
+import torch
+import torch_pruning as tp
+
+model = ...  # the dense model, before pruning
+graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn({input_shape}))
+group = graph.get_pruning_group(model.get_submodule({layer!r}), tp.prune_conv_out_channels, idxs={idxs})
+print(group)  # every layer that must lose the same channels, the shortcut included
+group.prune()"""
+
+
+def run(ctx: PassContext) -> list[Finding]:
+    model = ctx.model
+    if model is None:
+        return _static(ctx)
+    if model.trace.ok:
+        return []
+    graph = ctx.graph()
+    if graph is not None and graph.failure is not None:
+        finding = _from_graph(ctx, graph.failure, graph.records)
+        return [finding] if finding else []
+    finding = _from_hooks(ctx)
+    return [finding] if finding else []
+
+
+def explains(ctx: PassContext) -> bool:
+    """Whether this pass reports the model's forward failure (so the generic one need not)."""
+    return ctx.model is not None and not ctx.model.trace.ok and bool(run(ctx))
+
+
+def _from_graph(ctx: PassContext, failure: OpRecord, records: list[OpRecord]) -> Finding | None:
+    channels = [shape[1] if len(shape) > 1 else None for shape in failure.operand_shapes]
+    if failure.op in BINARY_OPS | CAT_OPS and len(set(channels)) > 1:
+        operands = dict(zip(failure.producers, channels))
+        return _finding(ctx, failure.op, failure.within, operands, failure.error or "", "graph")
+    match = _CHANNEL_ERROR.search(failure.error or "")
+    if match and failure.producers and failure.producers[0].startswith(("<cat", "<add")):
+        expected, got = int(match.group(1)), int(match.group(2))
+        source = next((r for r in records if f"<{r.op} {r.node}>" == failure.producers[0]), None)
+        operands = dict(zip(source.producers, (s[1] for s in source.operand_shapes))) if source else {failure.producers[0]: got}
+        op = f"{source.op} feeding {failure.op}" if source else f"input of {failure.op}"
+        note = f"{failure.op} expects {expected} input channels, the {source.op if source else 'input'} gives {got}"
+        return _finding(ctx, op, source.within if source else failure.within, operands, note, "graph")
+    return None
+
+
+def _from_hooks(ctx: PassContext) -> Finding | None:
+    failure = ctx.model.trace.failure  # type: ignore[union-attr]
+    match = _SIZE_ERROR.search(failure.message) if failure else None
+    if failure is None or match is None or match.group(3) != "1":
+        return None
+    a, b = int(match.group(1)), int(match.group(2))
+    inside = [call for name, call in ctx.model.trace.calls.items() if name.startswith(failure.module + ".") and call.outputs]  # type: ignore[union-attr]
+    producers = {}
+    for width in (a, b):
+        name = next((c.name for c in reversed(inside) if len(c.outputs[0]) > 1 and c.outputs[0][1] == width and c.name not in producers), f"<operand of {width} channels>")
+        producers[name] = width
+    return _finding(ctx, "add", failure.module, producers, failure.message, "module hooks")
+
+
+def _finding(ctx: PassContext, op: str, within: str, operands: dict[str, int | None], error: str, method: str) -> Finding:
+    names = list(operands)
+    listed = " vs ".join(f"{name} ({width} channels)" for name, width in operands.items())
+    narrow = min((n for n in names if operands[n] is not None), key=lambda n: operands[n] or 0, default=names[0])
+    coupled = _coupled_with(ctx, narrow)
+    input_shape = ", ".join(map(str, ctx.model.example_input.shape)) if ctx.model else "1, 3, 224, 224"
+    layer = _prunable_layer(ctx, narrow)
+    return Finding(
+        kind=KIND,
+        severity=Severity.ERROR,
+        modules=[within or "<model>", *names],
+        message=(
+            f"The {op} in {within or 'the model'} gets operands that no longer agree in channels: {listed}. "
+            "Their channels are coupled and were pruned separately."
+        ),
+        evidence={
+            "op": op,
+            "module": within,
+            "operand_channels": operands,
+            "coupled_layers": coupled,
+            "error": error,
+            "found_by": method,
+        },
+        fix=(
+            "Prune coupled channels together: torch-pruning's DependencyGraph removes the same channels from "
+            "every branch of the sum (shortcut, BatchNorms and the next layers' inputs)."
+        ),
+        fix_code=_FIX_CODE.format(input_shape=input_shape, layer=layer, idxs="[...]  # the channels removed from " + layer),
+    )
+
+
+def _coupled_with(ctx: PassContext, module: str) -> list[str]:
+    """Layers coupled with `module` in the dense reference, when one runs."""
+    reference = ctx.reference
+    if reference is None or reference.module is None or ctx.model is None:
+        return []
+    try:
+        groups = coupled_groups(reference.module, ctx.model.example_input)
+    except Exception:  # the reference may not trace either; the finding stands without it
+        return []
+    for group in groups:
+        names = [m.name for m in group.members]
+        if module in names or any(module.startswith(n + ".") for n in names):
+            return names
+    return []
+
+
+def _prunable_layer(ctx: PassContext, module: str) -> str:
+    """The conv that feeds `module` (a BatchNorm usually) — the layer to prune the group from."""
+    layers = {layer.name: layer for layer in ctx.layers}
+    layer = layers.get(module)
+    if layer is not None and layer.is_conv:
+        return module
+    parent, _, last = module.rpartition(".")
+    for candidate in (f"{parent}.{last.replace('bn', 'conv')}", f"{parent}.{int(last) - 1}" if last.isdigit() else ""):
+        if candidate in layers and layers[candidate].is_conv:
+            return candidate
+    return module
+
+
+# -- static check ----------------------------------------------------------------------
+
+
+def _static(ctx: PassContext) -> list[Finding]:
+    layers = {layer.name: layer for layer in ctx.layers}
+    findings = []
+    for block in _blocks(layers):
+        main = _last_block_layer(block, layers)
+        first = layers.get(f"{block}.conv1")
+        if main is None or first is None or first.shape is None or main.shape is None:
+            continue
+        shortcut = _shortcut_width(block, layers)
+        shortcut_name = f"{block}.downsample" if shortcut is not None else f"{block} input ({block}.conv1 reads it)"
+        width_in = shortcut if shortcut is not None else first.shape[1]
+        if main.shape[0] != width_in:
+            operands = {main.name: main.shape[0], shortcut_name: width_in}
+            finding = _finding(ctx, "add", block, operands, "", "static (names and shapes)")
+            findings.append(
+                Finding(
+                    kind=finding.kind,
+                    severity=finding.severity,
+                    modules=finding.modules,
+                    message=finding.message + " (Checked statically from names and shapes: no runnable model; give --arch to run it.)",
+                    evidence={**finding.evidence, "static": True},
+                    fix=finding.fix,
+                    fix_code=finding.fix_code,
+                )
+            )
+    return findings
+
+
+def _blocks(layers: dict[str, Layer]) -> list[str]:
+    """Module names holding conv1/bn1-style children: ResNet-style blocks."""
+    blocks = []
+    for name in layers:
+        parent, _, last = name.rpartition(".")
+        if last == "conv1" and parent and parent not in blocks and f"{parent}.conv2" in layers:
+            blocks.append(parent)
+    return blocks
+
+
+def _last_block_layer(block: str, layers: dict[str, Layer]) -> Layer | None:
+    numbered = []
+    for name, layer in layers.items():
+        parent, _, last = name.rpartition(".")
+        match = _BLOCK_LAYER.match(last)
+        if parent == block and match and layer.shape:
+            numbered.append((int(match.group(2)), match.group(1) == "bn", layer))
+    return max(numbered, key=lambda item: (item[0], item[1]))[2] if numbered else None
+
+
+def _shortcut_width(block: str, layers: dict[str, Layer]) -> int | None:
+    shortcut = [layer for name, layer in layers.items() if name.startswith(f"{block}.downsample.") or name.startswith(f"{block}.shortcut.")]
+    shortcut = [layer for layer in shortcut if layer.shape]
+    return shortcut[-1].shape[0] if shortcut else None  # type: ignore[index]
