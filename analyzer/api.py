@@ -12,6 +12,7 @@ from .build import BuildOptions, build, parse_input_shape
 from .layers import build_layers
 from .load import LoadOptions, load_checkpoint
 from .passes import AnalysisOptions, PassContext, run_passes
+from .profile import ProfileOptions, ProfileResult, profile_models
 from .report.assemble import build_report
 from .report.model import Report
 
@@ -28,6 +29,10 @@ def analyze(
     allow_modules: tuple[str, ...] | list[str] = (),
     key: str | None = None,
     zero_tol: float = 0.0,
+    profile: bool = False,
+    device: str = "auto",
+    batches: tuple[int, ...] = (1,),
+    profile_options: ProfileOptions | None = None,
 ) -> Report:
     """Analyse the checkpoint at `path` and return the report; raises AnalyzerError when it cannot.
 
@@ -35,7 +40,9 @@ def analyze(
     dense checkpoint to compare with; input_shape: example input (e.g. "1,3,640,640"),
     inferred from the first layer when None; trust: unpickle fully (runs code from the
     file); allow_modules: packages whose classes may be imported and rebuilt; key: the
-    training-dict entry holding the weights; zero_tol: |x| <= zero_tol counts as zero.
+    training-dict entry holding the weights; zero_tol: |x| <= zero_tol counts as zero;
+    profile: measure latency, FLOPs, per-layer time (and NVML on a GPU) on `device`
+    ("auto", "cpu", "cuda") at each of `batches`, dense and pruned interleaved.
     """
     load_options = LoadOptions(trust=trust, allow_modules=tuple(allow_modules), key=key)
     checkpoint = load_checkpoint(Path(path), load_options)
@@ -48,5 +55,38 @@ def analyze(
         options=AnalysisOptions(zero_tol=zero_tol),
         build=build(checkpoint, build_options, load_options),
     )
+    if profile:
+        options = profile_options or ProfileOptions(device=device, batches=tuple(batches))
+        ctx.profile, ctx.profile_skipped = _profile(ctx, options)
     findings, not_analysed = run_passes(ctx)
-    return build_report(ctx, findings, not_analysed)
+    report = build_report(ctx, findings, not_analysed)
+    report.profile = ctx.profile.to_dict() if ctx.profile else None
+    return report
+
+
+def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult | None, str | None]:
+    model = ctx.model
+    if model is None:
+        return None, "no runnable model to time (a full-model checkpoint, or --arch for a state dict)"
+    if not model.trace.ok:
+        return None, "the model fails on its example input, so it cannot be timed"
+    reference = ctx.reference if ctx.reference is not None and ctx.reference.matches else None
+    dense = reference.module if reference is not None else None
+    result = profile_models(model.module, dense, model.example_input, options, _pruned_layers(ctx))
+    return result, None
+
+
+def _pruned_layers(ctx: PassContext) -> set[str] | None:
+    """Layers narrower than the reference or holding zeros; None without a reference."""
+    reference = ctx.reference
+    if reference is None or not reference.matches:
+        return None
+    pruned = set()
+    for layer in ctx.layers:
+        ref = reference.shapes.get(layer.weight or "")
+        pattern = ctx.pattern(layer)
+        if (ref is not None and layer.shape is not None and tuple(ref) != tuple(layer.shape)) or (
+            pattern is not None and pattern.label != "dense"
+        ):
+            pruned.add(layer.name)
+    return pruned

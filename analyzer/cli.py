@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--arch", metavar="PKG.MODULE:FACTORY", help="dense architecture to fit the checkpoint to (imports that code), e.g. analyzer.zoo:resnet50")
     model.add_argument("--baseline", metavar="DENSE.PTH", help="dense checkpoint to compare widths (and, profiled, speed) with")
     model.add_argument("--input-shape", metavar="N,C,H,W", help="example input for running the model (default: inferred from the first layer)")
+    prof = parser.add_argument_group("profiling")
+    prof.add_argument("--profile", action="store_true", help="measure latency, FLOPs, per-layer time (and NVML on a GPU); dense vs pruned with --baseline/--arch")
+    prof.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    prof.add_argument("--batch", default="1", metavar="B[,B...]", help="batch sizes to time, e.g. 1,8,32 (default 1)")
     scan = parser.add_argument_group("analysis")
     scan.add_argument("--zero-tol", type=float, default=0.0, metavar="TOL", help="count |x| <= TOL as zero (default: exactly 0)")
     out = parser.add_argument_group("output")
@@ -88,7 +92,20 @@ def _analyze_one(path: str, args: argparse.Namespace) -> Report:
         allow_modules=tuple(args.allow_module),
         key=args.key,
         zero_tol=args.zero_tol,
+        profile=args.profile,
+        device=args.device,
+        batches=_batches(args.batch),
     )
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise UsageError(f"--batch {text}: expected batch sizes like 1,8,32") from e
+    if not batches or any(b <= 0 for b in batches):
+        raise UsageError(f"--batch {text}: batch sizes must be positive")
+    return batches
 
 
 def _output(reports: list[Report], args: argparse.Namespace, console: Console) -> None:

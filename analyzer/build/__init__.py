@@ -151,7 +151,7 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
     if checkpoint.tp_state is not None:
         return _tp_load(model, checkpoint, result)
     shapes = {name: _shape(checkpoint, name) for name in checkpoint.effective_names()}
-    fit = result.fit = compare(model, shapes, masked=sorted(checkpoint.masks))
+    fit = result.fit = compare(model, shapes)
     if not fit.fits:
         if fit.cause != PRUNED:
             return None, ""

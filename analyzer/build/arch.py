@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 
 import torch.nn as nn
@@ -47,10 +48,12 @@ def build_dense(spec: str | Callable[[], nn.Module]) -> nn.Module:
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
+    """"1,3,224,224" (or "1x3x224x224") -> (1, 3, 224, 224)."""
+    parts = re.split(r"[,x×]", text.strip())
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        shape = tuple(int(part) for part in parts)
     except ValueError as e:
         raise UsageError(f"--input-shape {text}: expected integers like 1,3,224,224") from e
-    if not shape or any(d <= 0 for d in shape):
+    if any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text}: every dimension must be positive")
     return shape

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-__all__ = ["ShapeMismatch", "FitReport", "compare", "resize_to", "PRUNED", "PREFIX", "MASKS", "WRONG_ARCH"]
+__all__ = ["ShapeMismatch", "FitReport", "compare", "resize_to", "PRUNED", "PREFIX", "WRONG_ARCH"]
 
 PRUNED = "pruned checkpoint into a dense class"
 PREFIX = "key prefix"
-MASKS = "pruning masks never removed"
 WRONG_ARCH = "wrong architecture or variant"
+# Masks never removed are not a cause here: the loader folds weight_orig * weight_mask
+# into the effective weight before comparing (and the pruning-masks finding says so).
 
 _RESIZABLE = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -54,8 +55,9 @@ class FitReport:
     mismatched: list[ShapeMismatch] = field(default_factory=list)
     #: Prefix the checkpoint has that the model does not (or the other way, with a leading '-').
     prefix: str | None = None
-    masked: list[str] = field(default_factory=list)
-    #: The most likely explanation, one of PRUNED, PREFIX, MASKS, WRONG_ARCH; None when it fits.
+    #: How the checkpoint fits once the prefix is fixed (a pruned checkpoint may also carry one).
+    after_prefix: FitReport | None = None
+    #: The most likely explanation, one of PRUNED, PREFIX, WRONG_ARCH; None when it fits.
     cause: str | None = None
     #: Modules whose parameters could not be resized (custom layers).
     not_resizable: list[str] = field(default_factory=list)
@@ -71,26 +73,31 @@ class FitReport:
         return grouped
 
 
-def compare(
-    expected: Mapping[str, tuple[int, ...]] | nn.Module,
-    shapes: Mapping[str, tuple[int, ...]],
-    masked: list[str] = (),
-) -> FitReport:
+def compare(expected: Mapping[str, tuple[int, ...]] | nn.Module, shapes: Mapping[str, tuple[int, ...]]) -> FitReport:
     """How the checkpoint's tensor `shapes` (masks already folded) differ from a model's
     state dict (or from a reference's shapes: then every layer counts as resizable)."""
     model = expected if isinstance(expected, nn.Module) else None
     if model is not None:
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    report = FitReport(masked=list(masked))
-    report.missing = [k for k in expected if k not in shapes]
+    report = FitReport()
+    # A missing BatchNorm step counter is harmless: load_state_dict keeps the model's.
+    report.missing = [k for k in expected if k not in shapes and not k.endswith("num_batches_tracked")]
     report.unexpected = [k for k in shapes if k not in expected]
     report.mismatched = [
         ShapeMismatch(k, expected[k], tuple(shapes[k])) for k in expected if k in shapes and tuple(shapes[k]) != expected[k]
     ]
     if report.missing and report.unexpected:
         report.prefix = _prefix_between(report.missing, report.unexpected)
+        if report.prefix is not None:
+            report.after_prefix = compare(model if model is not None else expected, _renamed(shapes, report.prefix))
     report.cause = _cause(report, model)
     return report
+
+
+def _renamed(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:
+    if prefix.startswith("-"):
+        return {prefix[1:] + k: v for k, v in shapes.items()}
+    return {k.removeprefix(prefix): v for k, v in shapes.items()}
 
 
 def _prefix_between(missing: list[str], unexpected: list[str]) -> str | None:
@@ -115,16 +122,13 @@ def _cause(report: FitReport, model: nn.Module | None) -> str | None:
         return None
     if report.prefix is not None:
         return PREFIX
+    if report.missing or report.unexpected:
+        return WRONG_ARCH  # layers added or removed, not narrowed
     modules = dict(model.named_modules()) if model is not None else {}
     resizable = all(
         m.narrower and (model is None or isinstance(modules.get(m.module), _RESIZABLE)) for m in report.mismatched
     )
-    only_buffers_missing = all(k.endswith("num_batches_tracked") for k in report.missing) and not report.unexpected
-    if report.mismatched and resizable and (not report.missing or only_buffers_missing):
-        return PRUNED
-    if report.masked and not report.mismatched:
-        return MASKS
-    return WRONG_ARCH
+    return PRUNED if resizable else WRONG_ARCH
 
 
 def resize_to(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], report: FitReport) -> None:

@@ -38,6 +38,8 @@ class Trace:
     input_shape: tuple[int, ...]
     #: First call of each module, in the order the calls finished.
     calls: dict[str, ModuleCall] = field(default_factory=dict)
+    #: Input shapes of each module's first call, recorded as it starts (so also for a call that failed).
+    inputs: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
     output: Any = None
     failure: ForwardFailure | None = None
 
@@ -64,7 +66,9 @@ def run_traced(model: nn.Module, example: torch.Tensor) -> Trace:
     handles = []
 
     def before(module: nn.Module, args: Any) -> None:
-        running.append(names.get(module, "?"))
+        name = names.get(module, "?")
+        running.append(name)
+        trace.inputs.setdefault(name, tensor_shapes(args))
 
     def after(module: nn.Module, args: Any, output: Any) -> None:
         name = running.pop() if running else names.get(module, "?")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..report.model import Finding
-from . import channels, fit, forward, heads, masks, pickle_safety, residual, sparsity, tensor_health
+from . import channels, fit, forward, heads, masks, pickle_safety, profiled, residual, sparsity, tensor_health
 from .context import AnalysisOptions, PassContext, PassSkipped
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "run_passes"]
@@ -29,6 +29,7 @@ PASSES: tuple[tuple[str, Pass], ...] = (
     ("zeroed channels", channels.run_zeroed),
     ("channel removal", channels.run_removal),
     ("unaligned channels", channels.run_unaligned),
+    ("profile diagnosis", profiled.run),
 )
 
 

@@ -10,6 +10,7 @@ from ..build import Build, Model, Reference
 from ..build.graph import GraphTrace, trace_graph
 from ..layers import Layer
 from ..load import Checkpoint
+from ..profile.result import ProfileResult
 from ..patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, weight_pattern
 from ..scan import TensorStats, tensor_stats
 
@@ -32,6 +33,10 @@ class PassContext:
     layers: list[Layer]
     options: AnalysisOptions = field(default_factory=AnalysisOptions)
     build: Build = field(default_factory=Build)
+    #: Measurements of --profile; None when not profiled.
+    profile: ProfileResult | None = None
+    #: Why --profile could not run, when it could not.
+    profile_skipped: str | None = None
     _stats: dict[str, TensorStats] = field(default_factory=dict, repr=False)
     _patterns: dict[str, WeightPattern | BatchNormPattern | None] = field(default_factory=dict, repr=False)
     _graph: list[GraphTrace | None] = field(default_factory=list, repr=False)

@@ -8,7 +8,7 @@ architecture or variant), and the exact code that fixes it.
 
 from __future__ import annotations
 
-from ..build.fit import MASKS, PREFIX, PRUNED, WRONG_ARCH, FitReport
+from ..build.fit import PREFIX, PRUNED, WRONG_ARCH, FitReport
 from ..report.model import Finding, Severity
 from .context import PassContext
 
@@ -21,6 +21,14 @@ import torch
 state_dict = torch.load({path!r}, weights_only=True)
 state_dict = {{{expr}: v for k, v in state_dict.items()}}
 model.load_state_dict(state_dict)"""
+
+_PREFIX_PRUNED_CODE = """\
+import torch
+from analyzer import load_pruned
+
+state_dict = torch.load({path!r}, weights_only=True)
+torch.save({{{expr}: v for k, v in state_dict.items()}}, "renamed.pth")
+model = load_pruned("renamed.pth", {arch!r})  # resizes the pruned layers, loads strictly"""
 
 _PRUNED_CODE = """\
 from analyzer import load_pruned
@@ -56,12 +64,16 @@ def _finding(ctx: PassContext, fit: FitReport) -> Finding:
     modules = list(by_module) or sorted({k.rpartition(".")[0] for k in fit.missing + fit.unexpected})
     summary = _summary(fit)
     if fit.cause == PREFIX:
-        message = f"The checkpoint's keys carry a prefix the model's do not ({fit.prefix!r}): {summary}."
+        assert fit.prefix is not None
         expr = f"{fit.prefix[1:]!r} + k" if fit.prefix.startswith("-") else f"k.removeprefix({fit.prefix!r})"
-        fix, code = "Strip (or add) the prefix before load_state_dict.", _PREFIX_CODE.format(path=path, expr=expr)
-    elif fit.cause == MASKS:
-        message = f"The checkpoint still holds torch.nn.utils.prune masks: {summary}."
-        fix, code = "Fold the masks in (see pruning-masks) and load the folded state dict.", None
+        pruned_too = fit.after_prefix is not None and fit.after_prefix.cause == PRUNED
+        message = f"The checkpoint's keys carry a prefix the model's do not ({fit.prefix!r}): {summary}."
+        fix = "Strip (or add) the prefix before load_state_dict."
+        code = _PREFIX_CODE.format(path=path, expr=expr)
+        if pruned_too:
+            message += " With the prefix fixed, it is a pruned version of the model: its narrowed layers need resizing too."
+            fix = "Strip (or add) the prefix, save the renamed state dict, and rebuild it with analyzer.load_pruned."
+            code = _PREFIX_PRUNED_CODE.format(path=path, expr=expr, arch=arch)
     elif fit.cause == PRUNED:
         message = (
             f"The checkpoint is a pruned version of {arch} ({summary}), but "

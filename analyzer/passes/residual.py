@@ -29,7 +29,8 @@ import torch_pruning as tp
 
 model = ...  # the dense model, before pruning
 graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn({input_shape}))
-group = graph.get_pruning_group(model.get_submodule({layer!r}), tp.prune_conv_out_channels, idxs={idxs})
+channels = []  # fill in: the {removed} channel indices you removed from {layer}
+group = graph.get_pruning_group(model.get_submodule({layer!r}), tp.prune_conv_out_channels, idxs=channels)
 print(group)  # every layer that must lose the same channels, the shortcut included
 group.prune()"""
 
@@ -70,17 +71,38 @@ def _from_graph(ctx: PassContext, failure: OpRecord, records: list[OpRecord]) ->
 
 
 def _from_hooks(ctx: PassContext) -> Finding | None:
-    failure = ctx.model.trace.failure  # type: ignore[union-attr]
+    """Without a graph: the block that was running, and the operands its size error names —
+    the shortcut (a downsample child, or the block's own input) and the main path's last layer."""
+    trace = ctx.model.trace  # type: ignore[union-attr]
+    failure = trace.failure
     match = _SIZE_ERROR.search(failure.message) if failure else None
     if failure is None or match is None or match.group(3) != "1":
         return None
-    a, b = int(match.group(1)), int(match.group(2))
-    inside = [call for name, call in ctx.model.trace.calls.items() if name.startswith(failure.module + ".") and call.outputs]  # type: ignore[union-attr]
-    producers = {}
-    for width in (a, b):
-        name = next((c.name for c in reversed(inside) if len(c.outputs[0]) > 1 and c.outputs[0][1] == width and c.name not in producers), f"<operand of {width} channels>")
-        producers[name] = width
-    return _finding(ctx, "add", failure.module, producers, failure.message, "module hooks")
+    widths = [int(match.group(1)), int(match.group(2))]
+    block = failure.module
+    modules = dict(ctx.model.module.named_modules())  # type: ignore[union-attr]
+    inside = [c for name, c in trace.calls.items() if name.startswith(block + ".") and c.outputs and len(c.outputs[0]) > 1]
+    shortcut = next((c for c in reversed(inside) if _is_shortcut(c.name, block) and c.outputs[0][1] in widths), None)
+    if shortcut is not None:
+        short_name, short_width = shortcut.name, shortcut.outputs[0][1]
+    else:
+        block_input = trace.inputs.get(block, [])
+        short_width = block_input[0][1] if block_input and len(block_input[0]) > 1 else widths[1]
+        short_name = f"{block} input"
+    main_width = widths[0] if widths[1] == short_width else widths[1]
+    main = next(
+        (c.name for c in reversed(inside) if c.outputs[0][1] == main_width and not _is_shortcut(c.name, block) and _has_parameters(modules.get(c.name))),
+        f"<operand of {main_width} channels>",
+    )
+    return _finding(ctx, "add", block, {main: main_width, short_name: short_width}, failure.message, "module hooks")
+
+
+def _is_shortcut(name: str, block: str) -> bool:
+    return name[len(block) + 1 :].split(".")[0] in ("downsample", "shortcut", "skip")
+
+
+def _has_parameters(module: object) -> bool:
+    return module is not None and any(True for _ in module.parameters(recurse=False))  # type: ignore[attr-defined]
 
 
 def _finding(ctx: PassContext, op: str, within: str, operands: dict[str, int | None], error: str, method: str) -> Finding:
@@ -110,8 +132,13 @@ def _finding(ctx: PassContext, op: str, within: str, operands: dict[str, int | N
             "Prune coupled channels together: torch-pruning's DependencyGraph removes the same channels from "
             "every branch of the sum (shortcut, BatchNorms and the next layers' inputs)."
         ),
-        fix_code=_FIX_CODE.format(input_shape=input_shape, layer=layer, idxs="[...]  # the channels removed from " + layer),
+        fix_code=_FIX_CODE.format(input_shape=input_shape, layer=layer, removed=_removed_count(operands)),
     )
+
+
+def _removed_count(operands: dict[str, int | None]) -> int | str:
+    widths = [w for w in operands.values() if w is not None]
+    return max(widths) - min(widths) if len(widths) > 1 else "the"
 
 
 def _coupled_with(ctx: PassContext, module: str) -> list[str]:

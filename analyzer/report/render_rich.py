@@ -11,6 +11,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from ..profile.result import ProfileResult
 from .model import Finding, LayerRow, Report, Severity
 
 __all__ = ["render", "render_report"]
@@ -29,6 +30,8 @@ def render_report(report: Report, all_layers: bool = False, show_layers: bool = 
     parts += [_finding(f) for f in report.findings]
     if report.layers and show_layers:
         parts.append(_layer_table(report.layers, all_layers))
+    if report.profile:
+        parts += _profile_tables(ProfileResult.from_dict(report.profile))
     parts += [Text(f"note: {note}", style="dim") for note in report.notes]
     parts += [Text(f"not analysed: {line}", style="dim italic") for line in report.not_analysed]
     return Group(*parts)
@@ -139,3 +142,84 @@ def _bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+_MAX_PROFILE_LAYERS = 15
+
+
+def _profile_tables(profile: ProfileResult) -> list[RenderableType]:
+    env = profile.environment
+    parts: list[RenderableType] = []
+    setting = f"{env.device} ({env.device_name}), {env.threads} threads, timer {env.timer}, {env.warmup_runs} warm-up runs"
+    if env.cudnn_benchmark is not None:
+        setting += f", cudnn.benchmark={env.cudnn_benchmark}"
+    parts.append(Text.assemble(("profile: ", "bold"), setting))
+    parts += [Text(f"  {line}", style="dim") for line in [env.nvml_status, *env.notes] if line]
+    parts.append(_latency_table(profile))
+    parts.append(_flops_table(profile))
+    parts.append(_profile_layer_table(profile))
+    if profile.nvml:
+        n = profile.nvml
+        parts.append(
+            Text(
+                f"NVML ({n.samples} samples every {n.interval_ms:.0f} ms): SM util median {n.sm_util_median:.0f}% "
+                f"(p90 {n.sm_util_p90:.0f}%), memory-controller util {n.mem_util_median:.0f}%, memory used "
+                f"{n.mem_used_mb_max:.0f} MB"
+                + (f", power {n.power_w_median:.0f} W" if n.power_w_median is not None else "")
+                + (f", SM clock {n.sm_clock_mhz_median:.0f} MHz" if n.sm_clock_mhz_median is not None else "")
+                + (f", throttle: {', '.join(n.throttle_reasons)}" if n.throttle_reasons else "")
+            )
+        )
+    b = profile.balance
+    parts.append(
+        Text(
+            f"machine: {b.peak_flops / 1e9:.1f} GFLOP/s GEMM, {b.bandwidth / 1e9:.1f} GB/s copy, balance "
+            f"{b.balance:.1f} FLOPs/byte, {b.op_overhead_s * 1e6:.1f} µs per near-empty op",
+            style="dim",
+        )
+    )
+    return parts
+
+
+def _latency_table(profile: ProfileResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="latency", title_justify="left", title_style="bold")
+    for column in ("batch", "model", "median ms", "IQR ms", "p90 ms", "samples", "speedup"):
+        table.add_column(column, justify="right" if column not in ("model",) else "left")
+    for stats in sorted(profile.latency, key=lambda s: (s.batch, s.label)):
+        dense = profile.median("dense", stats.batch)
+        speedup = f"{dense / stats.median_ms:.2f}×" if stats.label == "pruned" and dense else ""
+        table.add_row(
+            str(stats.batch),
+            stats.label + (" (noisy)" if stats.noisy else ""),
+            f"{stats.median_ms:.3f}",
+            f"{stats.iqr_ms:.3f}",
+            f"{stats.p90_ms:.3f}",
+            str(len(stats.samples_ms)),
+            speedup,
+        )
+    return table
+
+
+def _flops_table(profile: ProfileResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="FLOPs (fvcore: one multiply-add = one MAC)", title_justify="left", title_style="bold")
+    for column in ("model", "MACs", "params", "not counted"):
+        table.add_column(column, justify="left" if column in ("model", "not counted") else "right")
+    for label, flops in profile.flops.items():
+        uncounted = ", ".join(f"{op}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
+        table.add_row(label, f"{flops.macs:,}", f"{flops.params:,}", uncounted)
+    return table
+
+
+def _profile_layer_table(profile: ProfileResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="where the time goes (pruned model)", title_justify="left", title_style="bold")
+    for column in ("module", "type", "ms", "share", "MACs", "FLOP/B", "bound", "pruned"):
+        table.add_column(column, justify="left" if column in ("module", "type", "bound", "pruned") else "right")
+    for layer in sorted(profile.layers, key=lambda l: -l.time_ms)[:_MAX_PROFILE_LAYERS]:
+        pruned = "" if layer.pruned is None else ("yes" if layer.pruned else "no")
+        table.add_row(
+            layer.name, layer.type, f"{layer.time_ms:.3f}", f"{layer.share:.1%}", f"{layer.macs:,}",
+            f"{layer.intensity:.2g}", layer.bound, pruned,
+        )
+    if profile.unpruned_time_share is not None:
+        table.caption = f"{profile.unpruned_time_share:.0%} of the layer time is in layers the pruning did not touch"
+    return table

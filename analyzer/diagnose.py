@@ -1,0 +1,183 @@
+"""Measurements → findings. Each rule is a small function that returns a finding or None,
+and each message names the measured value and the threshold it crossed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .profile.result import LayerProfile, ProfileResult
+from .report.model import Finding, Severity
+
+__all__ = ["RULES", "diagnose", "NO_SPEEDUP_REALISED", "OVERHEAD_SHARE", "GPU_BUSY", "MEMORY_SHARE", "MIN_FLOP_CUT"]
+
+#: no-speedup: the measured speedup realised less than this share of the FLOP-predicted one.
+NO_SPEEDUP_REALISED = 0.5
+#: no-speedup: only when pruning removed at least this share of the FLOPs.
+MIN_FLOP_CUT = 0.10
+#: overhead-bound: fixed per-layer cost holds at least this share of the layer time...
+OVERHEAD_SHARE = 0.5
+#: ...or the GPU's SM utilisation (NVML median) stayed under this.
+GPU_BUSY = 50.0
+#: memory-bound: layers below the machine balance take at least this share of the time.
+MEMORY_SHARE = 0.4
+
+Rule = Callable[[ProfileResult], "Finding | None"]
+
+
+def diagnose(profile: ProfileResult) -> list[Finding]:
+    return [finding for rule in RULES if (finding := rule(profile)) is not None]
+
+
+def no_speedup(profile: ProfileResult) -> Finding | None:
+    dense, pruned = profile.flops.get("dense"), profile.flops.get("pruned")
+    if dense is None or pruned is None or not dense.macs:
+        return None
+    flop_cut = 1 - pruned.macs / dense.macs
+    if flop_cut < MIN_FLOP_CUT:
+        return None
+    expected = dense.macs / max(pruned.macs, 1)
+    per_batch = _speedups(profile)
+    first = profile.batches()[0]
+    measured = per_batch.get(first)
+    if measured is None:
+        return None
+    realised = (measured - 1) / (expected - 1) if expected > 1 else 1.0
+    if realised >= NO_SPEEDUP_REALISED:
+        return None
+    latency_cut = 1 - 1 / measured
+    message = (
+        f"FLOPs fell {flop_cut:.0%} ({dense.macs:,} → {pruned.macs:,} MACs) but latency fell only {latency_cut:.0%} "
+        f"at batch {first} ({profile.median('dense', first):.3g} → {profile.median('pruned', first):.3g} ms): "
+        f"{measured:.2f}× measured against {expected:.2f}× expected, {realised:.0%} of it realised "
+        f"(threshold {NO_SPEEDUP_REALISED:.0%})."
+    )
+    if profile.unpruned_time_share is not None and profile.unpruned_time_share > 0.3:
+        message += f" {profile.unpruned_time_share:.0%} of the pruned model's layer time is in layers that were not pruned."
+    if len(per_batch) > 1:
+        message += " Speedup by batch: " + ", ".join(f"{b}: {s:.2f}×" for b, s in sorted(per_batch.items())) + "."
+    return Finding(
+        kind="no-speedup",
+        severity=Severity.WARNING,
+        modules=_top_unpruned(profile.layers),
+        message=message,
+        evidence={
+            "macs_dense": dense.macs,
+            "macs_pruned": pruned.macs,
+            "flop_cut": round(flop_cut, 4),
+            "speedup_expected": round(expected, 3),
+            "speedup_measured_by_batch": {str(b): round(s, 3) for b, s in per_batch.items()},
+            "realised": round(realised, 3),
+            "unpruned_time_share": _round(profile.unpruned_time_share),
+            "latency_ms": {f"{s.label}@{s.batch}": round(s.median_ms, 4) for s in profile.latency},
+        },
+        fix=(
+            "Find where the time goes first: if the model is overhead-bound (see below) raise the batch or use "
+            "torch.compile / CUDA graphs; if the time sits in layers that were not pruned, prune those; keep widths "
+            "multiples of 8."
+        ),
+    )
+
+
+def overhead_bound(profile: ProfileResult) -> Finding | None:
+    share = profile.fixed_cost_share
+    nvml = profile.nvml
+    gpu_idle = nvml is not None and nvml.sm_util_median < GPU_BUSY
+    if not gpu_idle and (share is None or share < OVERHEAD_SHARE):
+        return None
+    scaling = _batch_scaling(profile)
+    reasons = []
+    if share is not None and share >= OVERHEAD_SHARE:
+        reasons.append(
+            f"a fixed {profile.fixed_layer_cost_ms * 1000:.1f} µs per conv/linear layer, whatever its size, makes up "  # type: ignore[operator]
+            f"{share:.0%} of their time (threshold {OVERHEAD_SHARE:.0%})"
+        )
+    if gpu_idle:
+        reasons.append(f"the GPU's SMs were busy a median {nvml.sm_util_median:.0f}% of the time (threshold {GPU_BUSY:.0f}%)")  # type: ignore[union-attr]
+    if scaling:
+        reasons.append(scaling)
+    device = profile.environment.device
+    cause = "kernel launches and idle gaps between small kernels" if device.startswith("cuda") else "framework dispatch per operator"
+    return Finding(
+        kind="overhead-bound",
+        severity=Severity.WARNING,
+        modules=[],
+        message=f"Time goes to fixed per-operator cost ({cause}), not arithmetic: " + "; ".join(reasons) + ". Removing channels cannot shrink that part.",
+        evidence={
+            "fixed_layer_cost_ms": _round(profile.fixed_layer_cost_ms),
+            "fixed_cost_share": _round(share),
+            "op_overhead_us": round(profile.balance.op_overhead_s * 1e6, 2),
+            "sm_util_median": nvml.sm_util_median if nvml else None,
+            "latency_ms_by_batch": {f"{s.label}@{s.batch}": round(s.median_ms, 4) for s in profile.latency},
+            "device": device,
+        },
+        fix=(
+            "Amortise the fixed cost: a larger batch; torch.compile(model, mode='reduce-overhead') or CUDA graphs on "
+            "GPU; fuse conv+BatchNorm (torch.fx / torch.ao fuse_modules) and drop tiny layers."
+        ),
+        fix_code='model = torch.compile(model, mode="reduce-overhead")  # CUDA graphs on GPU; fewer dispatches on CPU',
+    )
+
+
+def memory_bound(profile: ProfileResult) -> Finding | None:
+    total = sum(layer.time_ms for layer in profile.layers)
+    low = [layer for layer in profile.layers if layer.bound == "memory"]
+    share = sum(layer.time_ms for layer in low) / total if total else 0.0
+    if share < MEMORY_SHARE:
+        return None
+    top = sorted(low, key=lambda layer: -layer.time_ms)[:10]
+    balance = profile.balance.balance
+    return Finding(
+        kind="memory-bound",
+        severity=Severity.INFO,
+        modules=[layer.name for layer in top],
+        message=(
+            f"{share:.0%} of the layer time (threshold {MEMORY_SHARE:.0%}) is in layers below the machine balance of "
+            f"{balance:.1f} FLOPs/byte ({', '.join(f'{l.name} {l.type} {l.intensity:.2g}' for l in top[:4])}): they "
+            "are limited by bytes moved, so shrinking channels shrinks their cost less than their FLOPs."
+        ),
+        evidence={
+            "memory_bound_time_share": round(share, 4),
+            "machine_balance_flops_per_byte": round(balance, 3),
+            "peak_gflops": round(profile.balance.peak_flops / 1e9, 2),
+            "bandwidth_gbs": round(profile.balance.bandwidth / 1e9, 2),
+            "layers": {l.name: {"type": l.type, "intensity": round(l.intensity, 3), "time_ms": round(l.time_ms, 4)} for l in top},
+        },
+        fix=(
+            "Fold BatchNorms into the convs before deploying, fuse activations, prefer channels_last on GPU; "
+            "depthwise and thin layers will not speed up by pruning channels."
+        ),
+    )
+
+
+RULES: tuple[Rule, ...] = (no_speedup, overhead_bound, memory_bound)
+
+
+def _speedups(profile: ProfileResult) -> dict[int, float]:
+    speedups = {}
+    for batch in profile.batches():
+        dense, pruned = profile.median("dense", batch), profile.median("pruned", batch)
+        if dense and pruned:
+            speedups[batch] = dense / pruned
+    return speedups
+
+
+def _batch_scaling(profile: ProfileResult) -> str | None:
+    batches = profile.batches()
+    if len(batches) < 2:
+        return None
+    small, large = batches[0], batches[-1]
+    t_small, t_large = profile.median("pruned", small), profile.median("pruned", large)
+    if not t_small or not t_large:
+        return None
+    per_sample = (t_large / large) / (t_small / small)
+    return f"per-sample time at batch {large} is {per_sample:.0%} of that at batch {small}"
+
+
+def _top_unpruned(layers: list[LayerProfile]) -> list[str]:
+    unpruned = [layer for layer in layers if layer.pruned is False]
+    return [layer.name for layer in sorted(unpruned, key=lambda l: -l.time_ms)[:8]]
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
