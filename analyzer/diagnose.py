@@ -11,7 +11,7 @@ from .report.model import Finding, Severity
 
 __all__ = ["RULES", "diagnose", "NO_SPEEDUP_REALISED", "OVERHEAD_SHARE", "GPU_BUSY", "MEMORY_SHARE", "MIN_FLOP_CUT"]
 
-#: no-speedup: the measured speedup realised less than this share of the FLOP-predicted one.
+#: no-speedup: latency fell by less than this share of the share FLOPs fell by.
 NO_SPEEDUP_REALISED = 0.5
 #: no-speedup: only when pruning removed at least this share of the FLOPs.
 MIN_FLOP_CUT = 0.10
@@ -42,15 +42,15 @@ def no_speedup(profile: ProfileResult) -> Finding | None:
     measured = per_batch.get(first)
     if measured is None:
         return None
-    realised = (measured - 1) / (expected - 1) if expected > 1 else 1.0
+    latency_cut = 1 - 1 / measured
+    realised = latency_cut / flop_cut
     if realised >= NO_SPEEDUP_REALISED:
         return None
-    latency_cut = 1 - 1 / measured
     message = (
         f"FLOPs fell {flop_cut:.0%} ({dense.macs:,} → {pruned.macs:,} MACs) but latency fell only {latency_cut:.0%} "
         f"at batch {first} ({profile.median('dense', first):.3g} → {profile.median('pruned', first):.3g} ms): "
-        f"{measured:.2f}× measured against {expected:.2f}× expected, {realised:.0%} of it realised "
-        f"(threshold {NO_SPEEDUP_REALISED:.0%})."
+        f"{measured:.2f}× measured against {expected:.2f}× expected; the latency cut is {realised:.0%} of the "
+        f"FLOP cut (threshold {NO_SPEEDUP_REALISED:.0%})."
     )
     if profile.unpruned_time_share is not None and profile.unpruned_time_share > 0.3:
         message += f" {profile.unpruned_time_share:.0%} of the pruned model's layer time is in layers that were not pruned."
@@ -89,8 +89,8 @@ def overhead_bound(profile: ProfileResult) -> Finding | None:
     reasons = []
     if share is not None and share >= OVERHEAD_SHARE:
         reasons.append(
-            f"a fixed {profile.fixed_layer_cost_ms * 1000:.1f} µs per conv/linear layer, whatever its size, makes up "  # type: ignore[operator]
-            f"{share:.0%} of their time (threshold {OVERHEAD_SHARE:.0%})"
+            f"{share:.0%} of the layer time (threshold {OVERHEAD_SHARE:.0%}) stays when the input shrinks to almost "
+            f"no arithmetic (a median {(profile.fixed_layer_cost_ms or 0) * 1000:.1f} µs per conv/linear layer)"
         )
     if gpu_idle:
         reasons.append(f"the GPU's SMs were busy a median {nvml.sm_util_median:.0f}% of the time (threshold {GPU_BUSY:.0f}%)")  # type: ignore[union-attr]

@@ -56,7 +56,8 @@ class ProfileOptions:
     device: str = "auto"
     batches: tuple[int, ...] = (1,)
     measure: MeasureOptions = field(default_factory=MeasureOptions)
-    layer_iterations: int = 5
+    #: Per-layer profiling runs the model for about this long (at least 3, at most 200 passes).
+    layer_profile_s: float = 0.5
     cudnn_benchmark: bool = True
 
 
@@ -96,9 +97,14 @@ def profile_models(
         first = _batch(example, options.batches[0], device)
         flops = {label: count_flops(label, model, first) for label, model in models.items()}
         latency, nvml_summary = _latency(models, example, options, device, timer, sampler)
-        layers = _layers(models["pruned"], first, flops["pruned"], balance, options, pruned_layers)
-        dense_layers = _layers(models["dense"], first, flops["dense"], balance, options, None) if dense is not None else []
-    fixed_ms, fixed_share = _fixed_cost(layers, dense_layers)
+        iterations = _layer_iterations(latency, options)
+        floors = _floor_times(models["pruned"], first, balance, iterations)
+        layers = _layers(models["pruned"], first, flops["pruned"], balance, iterations, pruned_layers, floors)
+        dense_layers = []
+        if dense is not None:
+            dense_floors = _floor_times(models["dense"], first, balance, iterations)
+            dense_layers = _layers(models["dense"], first, flops["dense"], balance, iterations, None, dense_floors)
+    fixed_ms, fixed_share = _fixed_cost(layers, floors)
     return ProfileResult(
         environment=environment,
         latency=latency,
@@ -164,7 +170,10 @@ def _latency(
             x = _batch(example, batch, device)
             runs = {label: (lambda m=model: m(x)) for label, model in models.items()}
             samples = measure_interleaved(runs, timer, options.measure)
-            stats.extend(LatencyStats(label, batch, [s * 1000 for s in values]) for label, values in samples.items())
+            stats.extend(
+                LatencyStats(label, batch, [s * 1000 for s in taken.per_call_s], taken.calls_per_sample)
+                for label, taken in samples.items()
+            )
 
     if isinstance(sampler, NvmlSampler):
         with sampler:
@@ -174,23 +183,63 @@ def _latency(
     return stats, None
 
 
+def _layer_iterations(latency: list[LatencyStats], options: ProfileOptions) -> int:
+    slowest = max((s.median_ms for s in latency if s.batch == latency[0].batch), default=10.0)
+    return int(min(200, max(3, options.layer_profile_s * 1000 / max(slowest, 1e-3))))
+
+
+def _floor_times(model: nn.Module, example: torch.Tensor, balance: MachineBalance, iterations: int) -> dict[str, float]:
+    """Each layer's fixed cost (ms): its time on the smallest spatial input the model accepts,
+    where arithmetic is nearly nil, less the time to read its weights once."""
+    tiny = _tiny_input(model, example)
+    if tiny is None:
+        return {}
+    timings = time_layers(model, tiny, iterations)
+    modules = dict(model.named_modules())
+    floors = {}
+    for name, timing in timings.items():
+        module = modules[name]
+        weight_ms = sum(p.numel() * p.element_size() for p in module.parameters(recurse=False)) / balance.bandwidth * 1000
+        floors[name] = max(0.0, timing.time_ms - weight_ms)
+    return floors
+
+
+def _tiny_input(model: nn.Module, example: torch.Tensor) -> torch.Tensor | None:
+    """The example shrunk spatially as far as the model still runs (None: nothing to shrink)."""
+    if example.dim() < 3:
+        return None
+    size = example.shape[-1]
+    for candidate in sorted({max(1, size // d) for d in (32, 16, 8, 4, 2)}):
+        if candidate >= size:
+            break
+        shape = (*example.shape[:-2], candidate, candidate) if example.dim() == 4 else (*example.shape[:-1], candidate)
+        tiny = torch.randn(shape, device=example.device, dtype=example.dtype)
+        try:
+            model(tiny)
+        except Exception:  # too small for this architecture: try the next size
+            continue
+        return tiny
+    return None
+
+
 def _layers(
     model: nn.Module,
     example: torch.Tensor,
     flops: FlopStats,
     balance: MachineBalance,
-    options: ProfileOptions,
+    iterations: int,
     pruned_layers: set[str] | None,
+    floors: dict[str, float],
 ) -> list[LayerProfile]:
-    timings = time_layers(model, example, options.layer_iterations)
+    timings = time_layers(model, example, iterations)
     modules = dict(model.named_modules())
     total = sum(t.time_ms for t in timings.values()) or 1.0
-    floor_ms = balance.op_overhead_s * 1000
     layers = []
     for name, timing in timings.items():
         macs = flops.macs_by_layer.get(name, 0)
         intensity = 2 * macs / timing.bytes if timing.bytes else 0.0
-        if timing.time_ms <= 2 * floor_ms:
+        fixed = min(floors.get(name, 0.0), timing.time_ms)
+        if timing.time_ms > 0 and fixed >= 0.5 * timing.time_ms:
             bound = "overhead"
         elif intensity < balance.balance:
             bound = "memory"
@@ -202,6 +251,7 @@ def _layers(
                 name=name,
                 type=timing.type,
                 time_ms=timing.time_ms,
+                fixed_ms=fixed,
                 share=timing.time_ms / total,
                 macs=macs,
                 bytes=timing.bytes,
@@ -213,21 +263,14 @@ def _layers(
     return layers
 
 
-def _fixed_cost(layers: list[LayerProfile], dense_layers: list[LayerProfile]) -> tuple[float | None, float | None]:
-    """Least-squares time = a + b * MACs over the conv/linear layers of both models: `a` is
-    the per-layer cost that does not shrink with pruning; a * layers / time is its share of
-    the pruned model's layer time. None when the MACs do not vary enough to tell."""
-    points = [(layer.macs, layer.time_ms) for layer in (*layers, *dense_layers) if layer.macs > 0]
-    xs = [x for x, _ in points]
-    if len(points) < 3 or max(xs) < 1.5 * min(xs):
+def _fixed_cost(layers: list[LayerProfile], floors: dict[str, float]) -> tuple[float | None, float | None]:
+    """Median fixed cost per conv/linear layer (ms), and the share of all layer time that is fixed."""
+    if not floors:
         return None, None
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(y for _, y in points)
-    var_x = sum((x - mean_x) ** 2 for x in xs)
-    slope = max(sum((x - mean_x) * (y - mean_y) for x, y in points) / var_x, 0.0)
-    intercept = max(mean_y - slope * mean_x, 0.0)
-    own = [layer.time_ms for layer in layers if layer.macs > 0]
-    share = min(1.0, intercept * len(own) / sum(own)) if sum(own) else None
-    return intercept, share
+    total = sum(layer.time_ms for layer in layers)
+    fixed = sum(layer.fixed_ms for layer in layers)
+    per_layer = [layer.fixed_ms for layer in layers if layer.macs > 0]
+    return (statistics.median(per_layer) if per_layer else None), (fixed / total if total else None)
 
 
 def _unpruned_share(layers: list[LayerProfile]) -> float | None:

@@ -44,7 +44,10 @@ class LatencyStats:
 
     label: str
     batch: int
+    #: Milliseconds per call, one value per timed block.
     samples_ms: list[float]
+    #: Calls timed together in each block (a sample is the block's mean per call).
+    calls_per_sample: int = 1
 
     @property
     def median_ms(self) -> float:
@@ -72,6 +75,7 @@ class LatencyStats:
             "label": self.label,
             "batch": self.batch,
             "samples_ms": [round(s, 6) for s in self.samples_ms],
+            "calls_per_sample": self.calls_per_sample,
             "median_ms": round(self.median_ms, 6),
             "iqr_ms": round(self.iqr_ms, 6),
             "p90_ms": round(self.p90_ms, 6),
@@ -97,6 +101,8 @@ class LayerProfile:
     name: str
     type: str
     time_ms: float
+    #: The part of time_ms that did not shrink on a tiny input: per-op fixed cost.
+    fixed_ms: float
     share: float
     macs: int
     bytes: int
@@ -145,8 +151,9 @@ class ProfileResult:
     balance: MachineBalance
     dense_layers: list[LayerProfile] = field(default_factory=list)
     nvml: NvmlSummary | None = None
-    #: Fixed per-layer cost fitted over the pruned model's conv/linear layers (time = a + b * MACs).
+    #: Median fixed cost of the pruned model's conv/linear layers (time left on a tiny input).
     fixed_layer_cost_ms: float | None = None
+    #: Share of the pruned model's layer time that is fixed per-op cost.
     fixed_cost_share: float | None = None
     #: Share of the pruned model's measured layer time in layers the pruning did not touch.
     unpruned_time_share: float | None = None
@@ -180,7 +187,7 @@ class ProfileResult:
         balance = {k: v for k, v in data["balance"].items() if k != "balance_flops_per_byte"}
         return cls(
             environment=Environment(**data["environment"]),
-            latency=[LatencyStats(s["label"], s["batch"], s["samples_ms"]) for s in data["latency"]],
+            latency=[LatencyStats(s["label"], s["batch"], s["samples_ms"], s.get("calls_per_sample", 1)) for s in data["latency"]],
             flops={k: FlopStats(**v) for k, v in data["flops"].items()},
             layers=[LayerProfile(**layer) for layer in data["layers"]],
             dense_layers=[LayerProfile(**layer) for layer in data.get("dense_layers", [])],

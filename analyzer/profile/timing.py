@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["Timer", "CpuTimer", "CudaTimer", "MeasureOptions", "measure_interleaved"]
+__all__ = ["Timer", "CpuTimer", "CudaTimer", "MeasureOptions", "Samples", "measure_interleaved"]
 
 
 class Timer(Protocol):
@@ -57,6 +57,9 @@ class CudaTimer:
 @dataclass(frozen=True)
 class MeasureOptions:
     warmup: int = 3
+    #: Each sample times a block of calls lasting about this long and keeps the mean per call,
+    #: as torch.utils.benchmark does: single sub-millisecond calls are mostly timer jitter.
+    block_s: float = 0.01
     min_samples: int = 10
     max_samples: int = 300
     #: Keep measuring at least this long (per model), and at most max_time in all.
@@ -67,35 +70,58 @@ class MeasureOptions:
     window: int = 5
 
 
+@dataclass
+class Samples:
+    """Seconds per call, one value per timed block, and how many calls each block ran."""
+
+    per_call_s: list[float]
+    calls_per_sample: int
+
+
 def measure_interleaved(
     runs: dict[str, Callable[[], Any]], timer: Timer, options: MeasureOptions = MeasureOptions()
-) -> dict[str, list[float]]:
-    """Seconds per call of each run, measured round by round in alternating order."""
+) -> dict[str, Samples]:
+    """Seconds per call of each run, measured block by block, round by round, in alternating order."""
     labels = list(runs)
-    for _ in range(options.warmup):
+    warm: dict[str, list[float]] = {label: [] for label in labels}
+    for _ in range(max(options.warmup, 1)):
         for label in labels:
-            runs[label]()
-    samples: dict[str, list[float]] = {label: [] for label in labels}
+            warm[label].append(timer.time(runs[label]))
+    blocks = {label: _block(runs[label], max(1, round(options.block_s / max(min(warm[label]), 1e-9)))) for label in labels}
+    samples = {label: Samples([], blocks[label][1]) for label in labels}
     spent = 0.0
     round_index = 0
     while True:
         order = labels if round_index % 2 == 0 else labels[::-1]
         for label in order:
-            elapsed = timer.time(runs[label])
-            samples[label].append(elapsed)
+            fn, calls = blocks[label]
+            elapsed = timer.time(fn)
+            samples[label].per_call_s.append(elapsed / calls)
             spent += elapsed
         round_index += 1
-        if _done(samples, spent, options):
+        if _done({label: s.per_call_s for label, s in samples.items()}, spent, options):
             return samples
 
 
+def _block(fn: Callable[[], Any], calls: int) -> tuple[Callable[[], Any], int]:
+    if calls == 1:
+        return fn, 1
+
+    def block() -> None:
+        for _ in range(calls):
+            fn()
+
+    return block, calls
+
+
 def _done(samples: dict[str, list[float]], spent: float, options: MeasureOptions) -> bool:
+    """Enough samples, enough time, and every median stable — or a limit reached."""
     counts = [len(s) for s in samples.values()]
     if min(counts) >= options.max_samples or spent >= options.max_time_s:
         return True
     if min(counts) < max(options.min_samples, options.window + 1):
         return False
-    if min(sum(s) for s in samples.values()) < options.min_time_s:
+    if spent < options.min_time_s * len(samples):
         return False
     return all(_stable(s, options) for s in samples.values())
 
