@@ -4,30 +4,55 @@
     report = analyze("pruned.pth")
     for finding in report.findings:
         print(finding.severity, finding.kind, finding.modules, finding.message)
+
+Names are imported on first use, so that the pytest plugin (loaded by every pytest run
+where analyzer is installed) does not pull in torch until a test needs it.
 """
 
-from .api import analyze
-from .errors import AnalyzerError, BuildError, InputError, NotRunnableError, UsageError
-from .load import Checkpoint, LoadOptions, load_checkpoint
-from .loading import load_pruned
-from .report.model import Finding, LayerRow, Report, Severity
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "analyze",
-    "load_checkpoint",
-    "load_pruned",
-    "LoadOptions",
-    "Checkpoint",
-    "Report",
-    "Finding",
-    "LayerRow",
-    "Severity",
-    "AnalyzerError",
-    "InputError",
-    "UsageError",
-    "BuildError",
-    "NotRunnableError",
-]
+_EXPORTS = {
+    "analyze": "analyzer.api",
+    "load_checkpoint": "analyzer.load",
+    "LoadOptions": "analyzer.load",
+    "Checkpoint": "analyzer.load",
+    "load_pruned": "analyzer.loading",
+    "assert_clean": "analyzer.pytest_plugin",
+    "Report": "analyzer.report.model",
+    "Finding": "analyzer.report.model",
+    "LayerRow": "analyzer.report.model",
+    "Severity": "analyzer.report.model",
+    "AnalyzerError": "analyzer.errors",
+    "InputError": "analyzer.errors",
+    "UsageError": "analyzer.errors",
+    "BuildError": "analyzer.errors",
+    "NotRunnableError": "analyzer.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .api import analyze
+    from .errors import AnalyzerError, BuildError, InputError, NotRunnableError, UsageError
+    from .load import Checkpoint, LoadOptions, load_checkpoint
+    from .loading import load_pruned
+    from .pytest_plugin import assert_clean
+    from .report.model import Finding, LayerRow, Report, Severity
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'analyzer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

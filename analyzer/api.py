@@ -13,6 +13,7 @@ from .layers import build_layers
 from .load import LoadOptions, load_checkpoint
 from .passes import AnalysisOptions, PassContext, run_passes
 from .profile import ProfileOptions, ProfileResult, profile_models
+from .progress import NullProgress, Progress
 from .report.assemble import build_report
 from .report.model import Report
 
@@ -33,6 +34,7 @@ def analyze(
     device: str = "auto",
     batches: tuple[int, ...] = (1,),
     profile_options: ProfileOptions | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Analyse the checkpoint at `path` and return the report; raises AnalyzerError when it cannot.
 
@@ -42,23 +44,34 @@ def analyze(
     file); allow_modules: packages whose classes may be imported and rebuilt; key: the
     training-dict entry holding the weights; zero_tol: |x| <= zero_tol counts as zero;
     profile: measure latency, FLOPs, per-layer time (and NVML on a GPU) on `device`
-    ("auto", "cpu", "cuda") at each of `batches`, dense and pruned interleaved.
+    ("auto", "cpu", "cuda") at each of `batches`, dense and pruned interleaved;
+    progress: a listener for long steps (the CLI's progress bar).
     """
+    progress = progress or NullProgress()
     load_options = LoadOptions(trust=trust, allow_modules=tuple(allow_modules), key=key)
-    checkpoint = load_checkpoint(Path(path), load_options)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
+    with progress.stage(f"reading {Path(path).name}"):
+        checkpoint = load_checkpoint(Path(path), load_options)
     build_options = BuildOptions(arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape)
+    with progress.stage("building and running the model"):
+        built = build(checkpoint, build_options, load_options)
     ctx = PassContext(
         checkpoint=checkpoint,
         layers=build_layers(checkpoint),
         options=AnalysisOptions(zero_tol=zero_tol),
-        build=build(checkpoint, build_options, load_options),
+        build=built,
     )
+    with progress.stage("scanning layers", total=len(ctx.layers)) as advance:
+        for layer in ctx.layers:
+            ctx.scan(layer)
+            advance(1)
     if profile:
         options = profile_options or ProfileOptions(device=device, batches=tuple(batches))
-        ctx.profile, ctx.profile_skipped = _profile(ctx, options)
-    findings, not_analysed = run_passes(ctx)
+        with progress.stage("profiling"):
+            ctx.profile, ctx.profile_skipped = _profile(ctx, options)
+    with progress.stage("checking"):
+        findings, not_analysed = run_passes(ctx)
     report = build_report(ctx, findings, not_analysed)
     report.profile = ctx.profile.to_dict() if ctx.profile else None
     return report

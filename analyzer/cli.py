@@ -13,10 +13,12 @@ from rich.console import Console
 from . import __version__
 from .api import analyze
 from .build import parse_input_shape
-from .errors import AnalyzerError, UsageError
+from .errors import AnalyzerError, InputError, UsageError
 from .fsutil import atomic_write_text
+from .progress import NullProgress, Progress, RichProgress
 from .report.model import Report, Severity
-from .report.render_rich import render
+from .report.render_json import load_reports, render_json
+from .report.render_rich import RenderOptions, render, render_many
 
 __all__ = ["main", "build_parser"]
 
@@ -30,14 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and heads, failed loads, and why pruning did not make it faster.",
         epilog="Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 the file could not be analysed.",
     )
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoint files (.pth, .pt, .bin, .safetensors, TorchScript)")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoint files (.pth, .pt, .bin, .safetensors, TorchScript); several make a comparison")
     parser.add_argument("--demo", action="store_true", help="make the classic broken checkpoints in a temp folder and analyse each")
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-' for stdout)")
+    parser.add_argument("--load", metavar="REPORT.JSON", help="re-render a saved JSON report without re-analysing")
     parser.add_argument("--fail-on", choices=["error", "warning", "info", "never"], default="error", help="exit 1 when findings reach this severity (default: error)")
-    load = parser.add_argument_group("loading")
-    load.add_argument("--trust", action="store_true", help="unpickle fully: runs code from the file (only for files you made)")
-    load.add_argument("--allow-module", action="append", default=[], metavar="PKG", help="import PKG and rebuild its classes from the pickle (repeatable)")
-    load.add_argument("--key", metavar="KEY", help="entry of a training checkpoint holding the weights (e.g. ema, model.state_dict)")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", metavar="PKG.MODULE:FACTORY", help="dense architecture to fit the checkpoint to (imports that code), e.g. analyzer.zoo:resnet50")
     model.add_argument("--baseline", metavar="DENSE.PTH", help="dense checkpoint to compare widths (and, profiled, speed) with")
@@ -46,30 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--profile", action="store_true", help="measure latency, FLOPs, per-layer time (and NVML on a GPU); dense vs pruned with --baseline/--arch")
     prof.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when available), cpu, cuda, cuda:N")
     prof.add_argument("--batch", default="1", metavar="B[,B...]", help="batch sizes to time, e.g. 1,8,32 (default 1)")
+    load = parser.add_argument_group("loading")
+    load.add_argument("--trust", action="store_true", help="unpickle fully: runs code from the file (only for files you made)")
+    load.add_argument("--allow-module", action="append", default=[], metavar="PKG", help="import PKG and rebuild its classes from the pickle (repeatable)")
+    load.add_argument("--key", metavar="KEY", help="entry of a training checkpoint holding the weights (e.g. ema, model.state_dict)")
     scan = parser.add_argument_group("analysis")
     scan.add_argument("--zero-tol", type=float, default=0.0, metavar="TOL", help="count |x| <= TOL as zero (default: exactly 0)")
     out = parser.add_argument_group("output")
-    out.add_argument("--all-layers", action="store_true", help="list every layer, not only those with something to note")
-    out.add_argument("--quiet", "-q", action="store_true", help="no terminal report (use with --json)")
+    out.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE ('-' for stdout)")
+    out.add_argument("--export-html", metavar="FILE", help="also save the terminal report as HTML (to attach to an issue or a PR)")
+    out.add_argument("--export-svg", metavar="FILE", help="also save the terminal report as SVG")
+    out.add_argument("--all-layers", action="store_true", help="show every layer in the module tree")
+    out.add_argument("--quiet", "-q", action="store_true", help="no terminal report and no progress bars (use with --json)")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
     out.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console()
+    args = build_parser().parse_args(argv)
+    exporting = bool(args.export_html or args.export_svg)
+    console = Console(record=exporting)
     try:
         if args.demo:
             from .demo import run_demo
 
             return run_demo(console)
-        if not args.paths:
-            raise UsageError("give a checkpoint to analyse (analyze model.pth), or try analyze --demo")
-        if args.zero_tol < 0:
-            raise UsageError("--zero-tol must be >= 0")
-        reports = [_analyze_one(path, args) for path in args.paths]
+        reports = _reports(args)
         _output(reports, args, console)
         return _exit_code(reports, args.fail_on)
     except AnalyzerError as e:
@@ -82,48 +83,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _analyze_one(path: str, args: argparse.Namespace) -> Report:
-    return analyze(
-        path,
-        arch=args.arch,
-        baseline=args.baseline,
-        input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
-        trust=args.trust,
-        allow_modules=tuple(args.allow_module),
-        key=args.key,
-        zero_tol=args.zero_tol,
-        profile=args.profile,
-        device=args.device,
-        batches=_batches(args.batch),
-    )
+def _reports(args: argparse.Namespace) -> list[Report]:
+    if args.load:
+        if args.paths:
+            raise UsageError("--load re-renders a saved report; give it no checkpoint paths")
+        path = Path(args.load)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: cannot read the report ({e.strerror if isinstance(e, OSError) else e})") from e
+        return load_reports(text, str(path))
+    if not args.paths:
+        raise UsageError("give a checkpoint to analyse (analyze model.pth), or try analyze --demo")
+    if args.zero_tol < 0:
+        raise UsageError("--zero-tol must be >= 0")
+    input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    batches = _batches(args.batch)
+    progress = _progress(args)
+    return [
+        analyze(
+            path,
+            arch=args.arch,
+            baseline=args.baseline,
+            input_shape=input_shape,
+            trust=args.trust,
+            allow_modules=tuple(args.allow_module),
+            key=args.key,
+            zero_tol=args.zero_tol,
+            profile=args.profile,
+            device=args.device,
+            batches=batches,
+            progress=progress,
+        )
+        for path in args.paths
+    ]
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    stderr = Console(stderr=True)
+    if args.quiet or not stderr.is_terminal:
+        return NullProgress()
+    return RichProgress(stderr)
 
 
 def _batches(text: str) -> tuple[int, ...]:
     try:
-        batches = tuple(int(part) for part in text.split(",") if part.strip())
+        batches = tuple(int(part) for part in text.split(","))
     except ValueError as e:
         raise UsageError(f"--batch {text}: expected batch sizes like 1,8,32") from e
-    if not batches or any(b <= 0 for b in batches):
+    if any(b <= 0 for b in batches):
         raise UsageError(f"--batch {text}: batch sizes must be positive")
     return batches
 
 
 def _output(reports: list[Report], args: argparse.Namespace, console: Console) -> None:
-    if args.json:
-        text = reports[0].to_json() if len(reports) == 1 else _many_json(reports)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            atomic_write_text(Path(args.json), text + "\n")
-    if not args.quiet and args.json != "-":
-        for report in reports:
-            render(report, console, all_layers=args.all_layers)
-
-
-def _many_json(reports: list[Report]) -> str:
-    import json
-
-    return json.dumps({"schema": reports[0].schema, "reports": [r.to_dict() for r in reports]}, indent=2)
+    if args.json == "-":
+        sys.stdout.write(render_json(reports) + "\n")
+    elif args.json:
+        atomic_write_text(Path(args.json), render_json(reports) + "\n")
+    if args.quiet or args.json == "-":
+        if args.export_html or args.export_svg:
+            raise UsageError("--export-html/--export-svg save the terminal report: drop --quiet and --json -")
+        return
+    options = RenderOptions(all_layers=args.all_layers)
+    if len(reports) == 1:
+        render(reports[0], console, options)
+    else:
+        render_many(reports, console, options)
+    if args.export_html:
+        atomic_write_text(Path(args.export_html), console.export_html(clear=False))
+    if args.export_svg:
+        atomic_write_text(Path(args.export_svg), console.export_svg(clear=False, title="analyze"))
 
 
 def _exit_code(reports: list[Report], fail_on: str) -> int:

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from .api import analyze
 from .report.model import Report
-from .report.render_rich import render
+from .report.render_rich import RenderOptions, render
 
 __all__ = ["DemoCase", "DEMO_CASES", "make_demo_checkpoints", "run_demo"]
 
@@ -180,7 +180,7 @@ def run_demo(console: Console) -> int:
             console.print(Rule(f"[bold]{case.filename}[/]"))
             console.print(f"[dim]{case.story}[/]")
             report = analyze(path, **case.analyze_kwargs)
-            render(report, console, show_layers=False)
+            render(report, console, RenderOptions(show_layers=False))
             results.append((case, report))
         payload_ran = any(folder.glob("*.PAYLOAD-RAN"))
     console.print(Rule("[bold]summary[/]"))

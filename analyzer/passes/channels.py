@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..build import Reference
+from ..build.macs import model_macs
 from ..coupling import ChannelGroup, GroupMember, coupled_groups
 from ..layers import Layer
 from ..patterns import BatchNormPattern, WeightPattern
@@ -411,8 +412,7 @@ def _cost(ctx: PassContext, name: str, module: nn.Module, cut: _Cut) -> tuple[in
 
 
 def _model_macs(ctx: PassContext) -> int:
-    modules = ctx.model.module.named_modules()  # type: ignore[union-attr]
-    return sum(_cost(ctx, name, m, _Cut())[1] for name, m in modules if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)))
+    return model_macs(ctx.model.module, ctx.model.trace)  # type: ignore[union-attr]
 
 
 def _output_positions(ctx: PassContext, name: str, conv: bool) -> int:

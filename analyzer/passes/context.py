@@ -58,6 +58,12 @@ class PassContext:
             self._stats[name] = tensor_stats(self.tensor(name), self.options.zero_tol)
         return self._stats[name]
 
+    def scan(self, layer: Layer) -> None:
+        """Compute (and cache) everything the passes will ask of this layer's tensors."""
+        for name in (*layer.params.values(), *layer.buffers.values()):
+            self.stats(name)
+        self.pattern(layer)
+
     def pattern(self, layer: Layer) -> WeightPattern | BatchNormPattern | None:
         """Zero pattern of a Conv/Linear weight or of a BatchNorm's scale and shift; None for others."""
         if layer.name not in self._patterns:

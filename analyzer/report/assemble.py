@@ -8,7 +8,9 @@ import torch
 
 from ..layers import Layer
 from ..passes.context import PassContext
+from ..build.macs import model_macs
 from .model import Finding, LayerRow, Report, Source, Summary
+from .verdict import verdict
 
 __all__ = ["build_report"]
 
@@ -27,6 +29,10 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
         tensors=len(checkpoint.tensors),
         findings={s: sum(1 for f in findings if f.severity.value == s) for s in ("error", "warning", "info")},
     )
+    model = ctx.model
+    if model is not None and model.trace.ok:
+        summary.macs = model_macs(model.module, model.trace)
+        summary.macs_input_shape = list(model.example_input.shape)
     source = Source(
         path=str(checkpoint.path),
         format=checkpoint.format,
@@ -47,14 +53,24 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
         )
     if checkpoint.stripped_prefix:
         notes.append(f"prefix '{checkpoint.stripped_prefix}' stripped from every tensor name")
-    return Report(source=source, summary=summary, layers=rows, findings=findings, not_analysed=not_analysed, notes=notes)
+    return Report(
+        source=source,
+        summary=summary,
+        layers=rows,
+        findings=findings,
+        not_analysed=not_analysed,
+        notes=notes,
+        verdict=verdict(findings),
+    )
 
 
 def _row(ctx: PassContext, layer: Layer) -> LayerRow:
     stats = [ctx.stats(name) for name in layer.params.values()]
     known = all(s.nonzero is not None for s in stats)
     pattern = ctx.pattern(layer)
-    reference = ctx.reference.shapes.get(layer.weight) if ctx.reference and layer.weight else None
+    reference = ctx.reference if ctx.reference is not None and ctx.reference.matches else None
+    reference_shape = reference.shapes.get(layer.weight) if reference and layer.weight else None
+    weight_stats = ctx.stats(layer.weight) if layer.weight else None
     return LayerRow(
         name=layer.name or "<root>",
         type=layer.type,
@@ -65,8 +81,17 @@ def _row(ctx: PassContext, layer: Layer) -> LayerRow:
         dtype=str(layer.dtype).removeprefix("torch.") if layer.dtype is not None else "-",
         masked=layer.masked,
         pattern=pattern.label if pattern is not None else None,
-        reference_out=reference[0] if reference else None,
+        out_channels=_out_channels(layer),
+        reference_out=_out_channels(layer, reference_shape) if reference_shape else None,
+        weight_sparsity=weight_stats.zero_fraction if weight_stats else None,
     )
+
+
+def _out_channels(layer: Layer, shape: tuple[int, ...] | None = None) -> int | None:
+    shape = shape if shape is not None else layer.shape
+    if not shape or not (layer.is_conv or layer.is_linear or layer.is_batchnorm):
+        return None
+    return shape[1] if layer.type.startswith("ConvTranspose") and len(shape) > 1 else shape[0]
 
 
 def _numel(ctx: PassContext, name: str) -> int:

@@ -84,10 +84,13 @@ class LayerRow:
     nonzero: int | None
     dtype: str
     masked: bool = False
-    #: Zero pattern of the weight (issue 3 fills this in): dense, unstructured, 2:4, ...
+    #: Zero pattern of the weight: dense, unstructured, zeroed-out, 2:4, dead (BatchNorm), ...
     pattern: str | None = None
-    #: Output channels in the reference model, when one is known.
+    #: Output channels now, and in the dense reference when one is known.
+    out_channels: int | None = None
     reference_out: int | None = None
+    #: Zero fraction of the weight alone (biases and BatchNorm shifts are often zero by design).
+    weight_sparsity: float | None = None
 
     @property
     def zero_fraction(self) -> float | None:
@@ -140,7 +143,9 @@ class Summary:
     tensors: int
     #: Finding counts by severity.
     findings: dict[str, int] = field(default_factory=dict)
-    flops: int | None = None
+    #: Multiply-accumulates per sample of conv/linear layers on the example input (runnable models).
+    macs: int | None = None
+    macs_input_shape: list[int] | None = None
     #: Parameters whose tensors carry no data (meta tensors): not counted as zero or non-zero.
     params_without_data: int = 0
 
@@ -161,6 +166,8 @@ class Report:
     #: Things the analysis could not look at, said plainly rather than skipped.
     not_analysed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: One or two sentences: what is wrong and what to do first.
+    verdict: str = ""
     schema: str = SCHEMA
 
     def worst_severity(self) -> Severity | None:
@@ -173,6 +180,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": self.schema,
+            "verdict": self.verdict,
             "source": dataclasses.asdict(self.source),
             "summary": dataclasses.asdict(self.summary),
             "layers": [row.to_dict() for row in self.layers],
@@ -196,6 +204,7 @@ class Report:
             profile=data.get("profile"),
             not_analysed=list(data.get("not_analysed", [])),
             notes=list(data.get("notes", [])),
+            verdict=data.get("verdict", ""),
         )
 
     @classmethod

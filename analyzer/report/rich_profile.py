@@ -1,0 +1,99 @@
+"""Profile tables: latency with its spread, FLOPs, where the time goes, NVML, the machine."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ..profile.result import ProfileResult
+
+__all__ = ["profile_renderables"]
+
+_MAX_PROFILE_LAYERS = 15
+
+
+def profile_renderables(profile: ProfileResult) -> list[RenderableType]:
+    env = profile.environment
+    parts: list[RenderableType] = []
+    setting = f"{env.device} ({env.device_name}), {env.threads} threads, timer {env.timer}, {env.warmup_runs} warm-up runs"
+    if env.cudnn_benchmark is not None:
+        setting += f", cudnn.benchmark={env.cudnn_benchmark}"
+    parts.append(Text.assemble(("profile: ", "bold"), setting))
+    parts += [Text(f"  {line}", style="dim") for line in [env.nvml_status, *env.notes] if line]
+    parts += [_latency_table(profile), _flops_table(profile), _layer_table(profile)]
+    if profile.nvml:
+        parts.append(_nvml_line(profile))
+    b = profile.balance
+    parts.append(
+        Text(
+            f"machine: {b.peak_flops / 1e9:.1f} GFLOP/s GEMM, {b.bandwidth / 1e9:.1f} GB/s copy, balance "
+            f"{b.balance:.1f} FLOPs/byte, {b.op_overhead_s * 1e6:.1f} µs per near-empty op",
+            style="dim",
+        )
+    )
+    return parts
+
+
+def _latency_table(profile: ProfileResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="latency", title_justify="left", title_style="bold")
+    for column in ("batch", "model", "median ms", "IQR ms", "p90 ms", "samples", "speedup"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for stats in sorted(profile.latency, key=lambda s: (s.batch, s.label)):
+        dense = profile.median("dense", stats.batch)
+        speedup = f"{dense / stats.median_ms:.2f}×" if stats.label == "pruned" and dense else ""
+        samples = f"{len(stats.samples_ms)}" + (f" × {stats.calls_per_sample}" if stats.calls_per_sample > 1 else "")
+        table.add_row(
+            str(stats.batch),
+            stats.label + (" (noisy)" if stats.noisy else ""),
+            f"{stats.median_ms:.3f}",
+            f"{stats.iqr_ms:.3f}",
+            f"{stats.p90_ms:.3f}",
+            samples,
+            speedup,
+        )
+    return table
+
+
+def _flops_table(profile: ProfileResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="FLOPs (fvcore: one multiply-add counts once)", title_justify="left", title_style="bold")
+    for column in ("model", "MACs", "params", "not counted by fvcore"):
+        table.add_column(column, justify="left" if column in ("model", "not counted by fvcore") else "right")
+    for label, flops in profile.flops.items():
+        uncounted = ", ".join(f"{op}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
+        table.add_row(label, f"{flops.macs:,}", f"{flops.params:,}", uncounted)
+    return table
+
+
+def _layer_table(profile: ProfileResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="where the time goes (pruned model)", title_justify="left", title_style="bold")
+    for column in ("module", "type", "ms", "share", "fixed", "MACs", "FLOP/B", "bound", "pruned"):
+        table.add_column(column, justify="left" if column in ("module", "type", "bound", "pruned") else "right")
+    for layer in sorted(profile.layers, key=lambda l: -l.time_ms)[:_MAX_PROFILE_LAYERS]:
+        pruned = "" if layer.pruned is None else ("yes" if layer.pruned else "no")
+        fixed = f"{layer.fixed_ms / layer.time_ms:.0%}" if layer.time_ms else ""
+        table.add_row(
+            layer.name, layer.type, f"{layer.time_ms:.3f}", f"{layer.share:.1%}", fixed, f"{layer.macs:,}",
+            f"{layer.intensity:.2g}", layer.bound, pruned,
+        )
+    captions = []
+    if profile.fixed_cost_share is not None:
+        captions.append(f"{profile.fixed_cost_share:.0%} of the layer time is fixed per-op cost")
+    if profile.unpruned_time_share is not None:
+        captions.append(f"{profile.unpruned_time_share:.0%} is in layers the pruning did not touch")
+    table.caption = "; ".join(captions) or None
+    return table
+
+
+def _nvml_line(profile: ProfileResult) -> Text:
+    n = profile.nvml
+    assert n is not None
+    return Text(
+        f"NVML ({n.samples} samples every {n.interval_ms:.0f} ms): SM util median {n.sm_util_median:.0f}% "
+        f"(p90 {n.sm_util_p90:.0f}%), memory-controller util {n.mem_util_median:.0f}%, memory used "
+        f"{n.mem_used_mb_max:.0f} MB"
+        + (f", power {n.power_w_median:.0f} W" if n.power_w_median is not None else "")
+        + (f", SM clock {n.sm_clock_mhz_median:.0f} MHz" if n.sm_clock_mhz_median is not None else "")
+        + (f", throttle: {', '.join(n.throttle_reasons)}" if n.throttle_reasons else "")
+    )
