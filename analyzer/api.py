@@ -9,13 +9,15 @@ import os
 from pathlib import Path
 
 from .build import BuildOptions, build, parse_input_shape
+from .compact import CompactionResult, compact
+from .errors import UsageError
 from .layers import build_layers
 from .load import LoadOptions, load_checkpoint
 from .passes import AnalysisOptions, PassContext, run_passes
 from .profile import ProfileOptions, ProfileResult, profile_models
 from .progress import NullProgress, Progress
 from .report.assemble import build_report
-from .report.model import Report
+from .report.model import Finding, Report
 
 __all__ = ["analyze"]
 
@@ -34,6 +36,8 @@ def analyze(
     device: str = "auto",
     batches: tuple[int, ...] = (1,),
     profile_options: ProfileOptions | None = None,
+    compact_to: str | os.PathLike[str] | None = None,
+    round_to: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Analyse the checkpoint at `path` and return the report; raises AnalyzerError when it cannot.
@@ -45,6 +49,8 @@ def analyze(
     training-dict entry holding the weights; zero_tol: |x| <= zero_tol counts as zero;
     profile: measure latency, FLOPs, per-layer time (and NVML on a GPU) on `device`
     ("auto", "cpu", "cuda") at each of `batches`, dense and pruned interleaved;
+    compact_to: write a copy with zeroed channels really removed (and masks folded) to this
+    path, outputs verified equal; round_to: keep widths multiples of this when compacting;
     progress: a listener for long steps (the CLI's progress bar).
     """
     progress = progress or NullProgress()
@@ -74,7 +80,23 @@ def analyze(
         findings, not_analysed = run_passes(ctx)
     report = build_report(ctx, findings, not_analysed)
     report.profile = ctx.profile.to_dict() if ctx.profile else None
+    if compact_to is not None:
+        with progress.stage("compacting"):
+            report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, findings).to_dict()
     return report
+
+
+def _compact(
+    ctx: PassContext, output: Path, input_path: Path, arch: str | None, round_to: int | None, findings: list[Finding]
+) -> CompactionResult:
+    model = ctx.model
+    if model is None:
+        raise UsageError("--compact needs a runnable model: a full-model checkpoint, or --arch for a state dict")
+    if not model.trace.ok:
+        raise UsageError("--compact: the model fails on its example input, so it cannot be verified after compaction")
+    unstructured = next((f.evidence.get("sparsity_overall") for f in findings if f.kind == "unstructured-sparsity"), None)
+    recipe = arch if model.origin != "checkpoint" else None
+    return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured)
 
 
 def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult | None, str | None]:

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--profile", action="store_true", help="measure latency, FLOPs, per-layer time (and NVML on a GPU); dense vs pruned with --baseline/--arch")
     prof.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when available), cpu, cuda, cuda:N")
     prof.add_argument("--batch", default="1", metavar="B[,B...]", help="batch sizes to time, e.g. 1,8,32 (default 1)")
+    comp = parser.add_argument_group("compact")
+    comp.add_argument("--compact", metavar="OUT.PTH", help="write a copy with zeroed channels removed and masks folded (outputs verified equal)")
+    comp.add_argument("--round-to", type=int, metavar="N", help="with --compact: keep a few zero channels so widths stay multiples of N")
     load = parser.add_argument_group("loading")
     load.add_argument("--trust", action="store_true", help="unpickle fully: runs code from the file (only for files you made)")
     load.add_argument("--allow-module", action="append", default=[], metavar="PKG", help="import PKG and rebuild its classes from the pickle (repeatable)")
@@ -97,6 +100,10 @@ def _reports(args: argparse.Namespace) -> list[Report]:
         raise UsageError("give a checkpoint to analyse (analyze model.pth), or try analyze --demo")
     if args.zero_tol < 0:
         raise UsageError("--zero-tol must be >= 0")
+    if args.compact and len(args.paths) != 1:
+        raise UsageError("--compact takes exactly one checkpoint")
+    if args.round_to is not None and (args.round_to <= 0 or not args.compact):
+        raise UsageError("--round-to N needs --compact and a positive N")
     input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
     batches = _batches(args.batch)
     progress = _progress(args)
@@ -113,6 +120,8 @@ def _reports(args: argparse.Namespace) -> list[Report]:
             profile=args.profile,
             device=args.device,
             batches=batches,
+            compact_to=args.compact,
+            round_to=args.round_to,
             progress=progress,
         )
         for path in args.paths

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["GroupMember", "ChannelGroup", "coupled_groups"]
+__all__ = ["GroupMember", "ChannelGroup", "coupled_groups", "dependency_graph"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class GroupMember:
     idxs: list[int]
     #: For a BatchNorm (or other per-channel layer): the layer it directly follows.
     follows: str | None = None
+    #: A depthwise conv: channel c of its output reads only channel c of its input, so it
+    #: carries a channel along rather than producing one.
+    channelwise: bool = False
 
 
 @dataclass
@@ -39,27 +43,42 @@ class ChannelGroup:
         return self.members[0].name if self.members else ""
 
     def producers(self) -> list[GroupMember]:
-        """Conv/Linear layers whose output channels are the group's channels."""
-        return [m for m in self.members if m.role == "out" and m.type not in _PER_CHANNEL and m.follows is None]
+        """Conv/Linear layers whose output channels are the group's channels (depthwise convs
+        only carry them along)."""
+        return [
+            m for m in self.members
+            if m.role == "out" and m.type not in _PER_CHANNEL and m.follows is None and not m.channelwise
+        ]
 
     def followers(self, producer: str) -> list[GroupMember]:
         return [m for m in self.members if m.follows == producer]
+
+    def consumers(self) -> list[GroupMember]:
+        """Layers that read the group's channels as inputs (depthwise convs only carry them along)."""
+        return [m for m in self.members if m.role == "in" and not m.channelwise]
 
 
 _PER_CHANNEL = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "GroupNorm", "InstanceNorm2d", "LayerNorm", "PReLU"}
 
 
-def coupled_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
+    """torch-pruning's DependencyGraph of `model` (raises what torch-pruning raises on graphs it cannot trace)."""
+    import torch_pruning as tp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
+def coupled_groups(model: nn.Module, example: torch.Tensor, graph: Any = None) -> list[ChannelGroup]:
     """The coupled channel groups of `model`, rooted at Conv and Linear layers.
 
     Raises RuntimeError (or what torch-pruning raises) when the graph cannot be traced.
     """
-    import torch_pruning as tp
-
     names = {module: name for name, module in model.named_modules()}
+    graph = graph if graph is not None else dependency_graph(model, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         raw_groups = list(graph.get_all_groups(root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear]))
     groups = []
     for raw in raw_groups:
@@ -73,7 +92,15 @@ def coupled_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup
             follows = names.get(source) if type(module).__name__ in _PER_CHANNEL and source in names and source is not module else None
             idxs = [int(i) for i in item.idxs]
             if not any(m.name == names[module] and m.role == role for m in members):
-                members.append(GroupMember(names[module], type(module).__name__, role, idxs, follows))
+                members.append(GroupMember(names[module], type(module).__name__, role, idxs, follows, _is_depthwise(module)))
         if members:
             groups.append(ChannelGroup(size=len(raw.items[0].idxs), members=members))
     return groups
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )

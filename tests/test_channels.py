@@ -423,11 +423,12 @@ def test_batchnorm_slimming_static(bn_slimmed: tuple[nn.Module, Path]) -> None:
 
 
 def test_zeroed_filter_after_batchnorm_with_running_mean_is_constant(tmp_path: Path) -> None:
-    # a zero filter feeds 0 into its BatchNorm, which outputs -mean*scale/std + shift: 0 only where mean is 0
+    # a zero filter feeds 0 into its BatchNorm, which outputs -mean*scale/std + shift: 0 only where mean is 0;
+    # a negative mean gives a positive constant, which the ReLU passes on to conv2
     model = _resnet18()
     with torch.no_grad():
         model.layer1[0].conv1.weight[[1, 2, 3]] = 0
-        model.layer1[0].bn1.running_mean.fill_(0.5)
+        model.layer1[0].bn1.running_mean.fill_(-0.5)
         model.layer1[0].bn1.running_mean[2] = 0
     path = tmp_path / "stats.pth"
     torch.save(model.state_dict(), path)
@@ -437,6 +438,19 @@ def test_zeroed_filter_after_batchnorm_with_running_mean_is_constant(tmp_path: P
     namespace = {"model": copy.deepcopy(model)}
     exec(finding.fix_code, namespace)
     assert namespace["dead_channels"] == {"layer1.0.conv1": [2]}
+
+
+def test_negative_constant_killed_by_relu_is_dead(tmp_path: Path) -> None:
+    # BatchNorm turns the zero filter into -0.5; the ReLU after it makes that exactly 0 for conv2
+    model = _resnet18()
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[[1, 2, 3]] = 0
+        model.layer1[0].bn1.running_mean.fill_(0.5)
+    path = tmp_path / "relu.pth"
+    torch.save(model.state_dict(), path)
+    finding = _one(api.analyze(path, arch=ARCH, input_shape=SHAPE), "zeroed-channels")
+    group = finding.evidence["per_group"]["layer1.0.conv1"]
+    assert (group["removable"], group["dead"], group["constant"]) == (3, 3, 0)
 
 
 # -- 2:4 on a small MLP ----------------------------------------------------------------

@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from ..build import Reference
 from ..build.macs import model_macs
-from ..coupling import ChannelGroup, GroupMember, coupled_groups
+from ..coupling import ChannelGroup, coupled_groups
+from ..silence import channel_fates, consumer_ranges, probe_inputs, silenced_by_producer
 from ..layers import Layer
 from ..patterns import BatchNormPattern, WeightPattern
 from ..report.model import Finding, Severity
@@ -35,7 +36,8 @@ def run_zeroed(ctx: PassContext) -> list[Finding]:
         return []
     groups, note = _groups(ctx)
     if groups is not None:
-        return [_zeroed_by_group(ctx, per_layer, groups)]
+        finding = _zeroed_by_group(ctx, per_layer, groups)
+        return [finding] if finding is not None else []
     return [_zeroed_static(ctx, per_layer, note)]
 
 
@@ -235,50 +237,61 @@ def _zeroed_static(ctx: PassContext, per_layer: dict[str, _Silenced], note: str)
     )
 
 
-def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: list[ChannelGroup]) -> Finding:
-    module = ctx.model.module  # type: ignore[union-attr]
-    modules = dict(module.named_modules())
+def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: list[ChannelGroup]) -> Finding | None:
+    """None when no channel can be removed: zeros in some branches of a residual sum only
+    cost nothing that channel removal could win back."""
+    model = ctx.model
+    assert model is not None
+    modules = dict(model.module.named_modules())
+    groups = [g for g in groups if g.consumers() and g.producers()]  # a group without readers is a model output
+    ranges = consumer_ranges(model.module, groups, probe_inputs(model.example_input))
     per_group = {}
     removals: list[tuple[str, list[int]]] = []
     all_cuts: dict[str, _Cut] = {}
     for group in groups:
-        producers = group.producers()
-        if not producers or not any(p.name in per_layer for p in producers):
-            continue
-        everywhere, somewhere = _silenced_channels(group, producers, per_layer)
+        by_producer = silenced_by_producer(modules, group, ctx.options.zero_tol)
+        somewhere = set().union(*by_producer.values())
         if not somewhere:
             continue
-        dead = sorted(i for i in everywhere if _is_dead(ctx, group, producers, per_layer, modules, i))
-        cuts = _cuts(group, len(everywhere))
+        everywhere = set.intersection(*by_producer.values())
+        fates = channel_fates(group, everywhere, ranges, ctx.options.zero_tol)
+        dead = sorted(i for i, fate in fates.items() if fate.dead)
+        constant = [i for i, fate in fates.items() if fate.constant]
+        removable = len(dead) + len(constant)
+        cuts = _cuts(group, removable)
         group_params, group_macs = _savings(ctx, modules, cuts)
         _merge(all_cuts, cuts)
         per_group[group.root] = {
             "channels": group.size,
-            "removable": len(everywhere),
+            "removable": removable,
             "dead": len(dead),
-            "constant": len(everywhere) - len(dead),
+            "constant": len(constant),
+            "varying_downstream": len(everywhere) - removable,
             "zeroed_in_some_branches_only": len(somewhere) - len(everywhere),
-            "producers": [p.name for p in producers],
+            "producers": [p.name for p in group.producers()],
             "params_removable_alone": group_params,
             "macs_removable_alone": group_macs,
         }
         if dead:
-            removals.append((group.root, dead))
-    params, macs = _savings(ctx, modules, all_cuts)
-    total_params = sum(p.numel() for p in module.parameters())
-    total_macs = _model_macs(ctx)
+            root = group.members[0]
+            removals.append((group.root, sorted(root.idxs[i] for i in dead)))
     removable = sum(g["removable"] for g in per_group.values())
+    if not removable:
+        return None
+    params, macs = _savings(ctx, modules, all_cuts)
+    total_params = sum(p.numel() for p in model.module.parameters())
+    total_macs = _model_macs(ctx)
     constant = sum(g["constant"] for g in per_group.values())
-    blocked = sum(g["zeroed_in_some_branches_only"] for g in per_group.values())
+    blocked = sum(g["zeroed_in_some_branches_only"] + g["varying_downstream"] for g in per_group.values())
     message = (
         f"{removable + blocked} channels in {len(per_group)} coupled groups are zeroed but still computed; "
         f"{removable} can be removed, saving {params:,} parameters ({params / max(total_params, 1):.1%})"
         + (f" and {macs:,} MACs per sample ({macs / total_macs:.1%})" if total_macs else "")
     )
     if constant:
-        message += f"; {constant} of them output a constant (a BatchNorm shift or a bias), which must be folded into the next layer when they go"
+        message += f"; {constant} of them reach the next layer as a constant (a BatchNorm shift or a bias), which must be folded into it when they go"
     if blocked:
-        message += f"; {blocked} are zero in some branches of a residual sum only, so they stay"
+        message += f"; {blocked} are zero in some branches of a residual sum only (or vary after a padded depthwise conv), so they stay"
     return Finding(
         kind=KIND_ZEROED,
         severity=Severity.WARNING,
@@ -290,67 +303,15 @@ def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: 
             "params_removable": params,
             "macs_removable": macs,
             "macs_total": total_macs,
-            "input_shape": list(ctx.model.example_input.shape),  # type: ignore[union-attr]
+            "input_shape": list(model.example_input.shape),
             "coupling_checked": True,
         },
         fix=(
-            "Remove the dead channels with torch-pruning's dependency graph (every coupled layer at once); "
-            "channels that output a constant need the constant folded into the next layer first."
+            "Remove the dead channels with torch-pruning's dependency graph (every coupled layer at once), or run "
+            "`analyze --compact out.pth`, which also folds the constant ones where that is exact and verifies the outputs."
         ),
         fix_code=_removal_code(ctx, removals) if removals else None,
     )
-
-
-def _is_dead(
-    ctx: PassContext,
-    group: ChannelGroup,
-    producers: list[GroupMember],
-    per_layer: dict[str, _Silenced],
-    modules: dict[str, nn.Module],
-    index: int,
-) -> bool:
-    """True when every branch of the channel outputs exactly 0 (not a constant)."""
-    for producer in producers:
-        channel = producer.idxs[index]
-        silenced = per_layer[producer.name]
-        value = 0.0
-        if channel in silenced.filters:
-            bias = getattr(modules.get(producer.name), "bias", None)
-            value = float(bias.detach()[channel]) if bias is not None else 0.0
-            for follower in group.followers(producer.name):
-                value = _batchnorm_of(modules.get(follower.name), follower.idxs[index], value)
-        else:  # silenced by a BatchNorm scale of 0: the output is its shift
-            for follower in group.followers(producer.name):
-                bn = modules.get(follower.name)
-                if isinstance(bn, nn.modules.batchnorm._NormBase) and bn.bias is not None:
-                    value = float(bn.bias.detach()[follower.idxs[index]])
-        if abs(value) > ctx.options.zero_tol:
-            return False
-    return True
-
-
-def _batchnorm_of(module: nn.Module | None, channel: int, value: float) -> float:
-    """What an eval-mode BatchNorm outputs at `channel` for a constant input `value`."""
-    if not isinstance(module, nn.modules.batchnorm._NormBase):
-        return value
-    def at(tensor: torch.Tensor | None, default: float) -> float:
-        return float(tensor.detach()[channel]) if tensor is not None else default
-
-    mean, var = at(module.running_mean, 0.0), at(module.running_var, 1.0)
-    scale, shift = at(module.weight, 1.0), at(module.bias, 0.0)
-    return (value - mean) * scale / math.sqrt(var + module.eps) + shift
-
-
-def _silenced_channels(group: ChannelGroup, producers: list[GroupMember], per_layer: dict[str, _Silenced]) -> tuple[set[int], set[int]]:
-    everywhere: set[int] = set()
-    somewhere: set[int] = set()
-    for i in range(group.size):
-        hits = [p.idxs[i] in per_layer[p.name].all if p.name in per_layer else False for p in producers]
-        if all(hits):
-            everywhere.add(i)
-        if any(hits):
-            somewhere.add(i)
-    return everywhere, somewhere
 
 
 @dataclass

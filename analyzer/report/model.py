@@ -168,6 +168,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     #: One or two sentences: what is wrong and what to do first.
     verdict: str = ""
+    #: What `--compact` did (or why it refused), when asked.
+    compaction: dict[str, Any] | None = None
     schema: str = SCHEMA
 
     def worst_severity(self) -> Severity | None:
@@ -186,6 +188,7 @@ class Report:
             "layers": [row.to_dict() for row in self.layers],
             "findings": [f.to_dict() for f in self.findings],
             "profile": self.profile,
+            "compaction": self.compaction,
             "not_analysed": list(self.not_analysed),
             "notes": list(self.notes),
         }
@@ -205,6 +208,7 @@ class Report:
             not_analysed=list(data.get("not_analysed", [])),
             notes=list(data.get("notes", [])),
             verdict=data.get("verdict", ""),
+            compaction=data.get("compaction"),
         )
 
     @classmethod

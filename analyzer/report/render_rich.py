@@ -60,6 +60,8 @@ def render_report(report: Report, options: RenderOptions = RenderOptions()) -> R
         parts.append(module_tree(report.layers, options.all_layers))
     if report.profile:
         parts += profile_renderables(ProfileResult.from_dict(report.profile))
+    if report.compaction:
+        parts.append(_compaction(report.compaction))
     parts += [Text(f"note: {note}", style="dim") for note in report.notes]
     parts += [Text(f"not analysed: {line}", style="dim italic") for line in report.not_analysed]
     return Group(*parts)
@@ -133,6 +135,33 @@ def _short(value: Any) -> str:
         more = f", … +{len(value) - _MAX_EVIDENCE_ITEMS}" if len(value) > _MAX_EVIDENCE_ITEMS else ""
         return "[" + text + more + "]"
     return str(value)
+
+
+def _compaction(data: dict[str, Any]) -> RenderableType:
+    body: list[RenderableType] = []
+    if data.get("refused"):
+        body.append(Text(f"Not compacted: {data['refused']}.", style="yellow"))
+    else:
+        removed = sum(g["removed"] for g in data.get("groups", []))
+        body.append(
+            Text(
+                f"Wrote {data['output']} ({data['saved_as']}): {removed} channels removed, "
+                f"{data['masks_folded']} masks folded; params {data['params_before']:,} → {data['params_after']:,}, "
+                f"MACs {data['macs_before']:,} → {data['macs_after']:,}; outputs equal within {data['tolerance']:.2g} "
+                f"(max difference {data['max_abs_diff']:.2g})."
+            )
+        )
+    for group in data.get("groups", []):
+        if group["kept_for_alignment"] or group["left"]:
+            line = f"{group['root']}: removed {group['removed']} of {group['channels']}"
+            if group["kept_for_alignment"]:
+                line += f", kept {group['kept_for_alignment']} zero channels for --round-to {data['round_to']}"
+            if group["left"]:
+                line += f", left {group['left']} ({group['left_because']})"
+            body.append(Text(line, style="dim"))
+    if data.get("load_code"):
+        body.append(Syntax(data["load_code"], "python", theme="ansi_dark", background_color="default", word_wrap=True))
+    return Panel(Group(*body), title="compact", title_align="left", border_style="green" if not data.get("refused") else "yellow")
 
 
 def _bytes(size: int) -> str:

@@ -1,0 +1,315 @@
+"""Compact: turn zeroed channels and pruning masks into real channel removal.
+
+On a copy of the runnable model: fold `torch.nn.utils.prune` masks in, find the channels
+that are silent in every member of their coupled group (torch-pruning's
+DependencyGraph), confirm what each consuming layer really receives on them (exactly 0,
+or a constant), fold constants into the next layer's bias or BatchNorm where that is
+exact, remove the channels with torch-pruning, verify the outputs are unchanged, and
+write the result atomically — never over the input.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+from .build import Model
+from .build.macs import model_macs
+from .build.trace import run_traced
+from .coupling import ChannelGroup, coupled_groups, dependency_graph
+from .silence import ChannelRange, channel_fates, consumer_ranges, probe_inputs, silenced_channels
+from .errors import UsageError
+from .fsutil import atomic_write
+
+__all__ = ["CompactionResult", "GroupCompaction", "compact"]
+
+
+@dataclass
+class GroupCompaction:
+    root: str
+    channels: int
+    removed: int
+    dead: int
+    constants_folded: int
+    #: Zero channels kept so that the width stays a multiple of --round-to.
+    kept_for_alignment: int = 0
+    #: Silent channels that stay, and why.
+    left: int = 0
+    left_because: str | None = None
+
+
+@dataclass
+class CompactionResult:
+    output: str | None
+    #: Why nothing was written, when nothing was.
+    refused: str | None = None
+    saved_as: str | None = None
+    load_code: str | None = None
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    masks_folded: int = 0
+    round_to: int | None = None
+    groups: list[GroupCompaction] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompactionResult:
+        groups = [GroupCompaction(**g) for g in data.get("groups", [])]
+        return cls(**{**data, "groups": groups})
+
+
+def compact(
+    model: Model,
+    output: Path,
+    input_path: Path,
+    arch: str | None = None,
+    round_to: int | None = None,
+    zero_tol: float = 0.0,
+    unstructured_sparsity: float | None = None,
+) -> CompactionResult:
+    """Compact `model` into `output`; see the module docstring. Returns what was done (or refused)."""
+    _check_output(output, input_path)
+    work = copy.deepcopy(model.module).eval()
+    folded = _fold_masks(work)
+    reference = copy.deepcopy(work)
+    example = model.example_input
+    result = CompactionResult(output=None, masks_folded=folded, round_to=round_to)
+    result.params_before = _params(work)
+    result.macs_before = model_macs(work, run_traced(work, example))
+    graph = dependency_graph(work, example)
+    groups = [g for g in coupled_groups(work, example, graph) if g.consumers()]
+    probe = probe_inputs(example)
+    seen = consumer_ranges(work, groups, probe)
+    plans = [_plan(work, group, seen, round_to, zero_tol) for group in groups]
+    plans = [(group, plan) for group, plan in zip(groups, plans) if plan.removed or plan.left]
+    if not any(plan.removed for _, plan in plans) and not folded:
+        result.refused = _nothing_to_remove(plans, unstructured_sparsity)
+        return result
+    for group, plan in plans:
+        _fold_constants(work, group, plan)
+    for group, plan in plans:
+        _prune(work, graph, group, plan)
+    result.groups = [plan.summary for _, plan in plans]
+    result.params_after = _params(work)
+    result.macs_after = model_macs(work, run_traced(work, example))
+    result.max_abs_diff, result.tolerance = _difference(reference, work, probe)
+    if result.max_abs_diff > result.tolerance:
+        result.refused = (
+            f"verification failed: outputs differ by {result.max_abs_diff:.3g} (tolerance {result.tolerance:.3g}); nothing written"
+        )
+        return result
+    _save(work, output, arch, result)
+    return result
+
+
+@dataclass
+class _Plan:
+    summary: GroupCompaction
+    #: Group channel index -> (consumer name -> constant it receives); empty dict for dead channels.
+    remove: dict[int, dict[str, float]]
+
+    @property
+    def removed(self) -> int:
+        return self.summary.removed
+
+    @property
+    def left(self) -> int:
+        return self.summary.left
+
+
+def _check_output(output: Path, input_path: Path) -> None:
+    if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
+        raise UsageError(f"--compact {output}: that is the input file; write the compacted model elsewhere")
+    if not output.parent.exists():
+        raise UsageError(f"--compact {output}: folder {output.parent} does not exist")
+
+
+def _fold_masks(model: nn.Module) -> int:
+    folded = 0
+    for module in model.modules():
+        for name in [k[: -len("_orig")] for k in list(module._parameters) if k.endswith("_orig")]:
+            if hasattr(module, name + "_mask"):
+                prune.remove(module, name)
+                folded += 1
+    return folded
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _plan(model: nn.Module, group: ChannelGroup, seen: dict[str, ChannelRange], round_to: int | None, zero_tol: float) -> _Plan:
+    modules = dict(model.named_modules())
+    fates = channel_fates(group, silenced_channels(modules, group, zero_tol), seen, zero_tol)
+    remove: dict[int, dict[str, float]] = {}
+    left_reasons: dict[int, str] = {}
+    for index, fate in fates.items():
+        if fate.varying_at is not None:
+            left_reasons[index] = f"{fate.varying_at} receives a varying signal on it (a padded depthwise conv or the like in between)"
+            continue
+        unfoldable = [(name, why) for name, value in fate.constants.items() if value and (why := _unfoldable(modules, name))]
+        if unfoldable:
+            name, why = unfoldable[0]
+            left_reasons[index] = f"it carries a constant into {name}, which {why}"
+            continue
+        remove[index] = {name: value for name, value in fate.constants.items() if value}
+    kept_for_alignment = 0
+    if round_to and remove:
+        width = group.size - len(remove)
+        keep = (-width) % round_to
+        if keep:
+            # Keep constant channels first (no folding needed), then dead ones.
+            order = sorted(remove, key=lambda i: (not remove[i], i))
+            for index in order[:keep]:
+                del remove[index]
+            kept_for_alignment = min(keep, len(order))
+    reasons = sorted(set(left_reasons.values()))
+    summary = GroupCompaction(
+        root=group.root,
+        channels=group.size,
+        removed=len(remove),
+        dead=sum(1 for c in remove.values() if not c),
+        constants_folded=sum(1 for c in remove.values() if c),
+        kept_for_alignment=kept_for_alignment,
+        left=len(left_reasons),
+        left_because="; ".join(reasons[:3]) or None,
+    )
+    return _Plan(summary, remove)
+
+
+def _unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
+    """Why a constant input channel of `name` cannot be folded exactly, or None if it can."""
+    module = modules.get(name)
+    if isinstance(module, nn.Linear):
+        return None if module.bias is not None or _batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        padded = any(p != 0 for p in (module.padding if isinstance(module.padding, tuple) else (module.padding,)))
+        if padded and math.prod(module.kernel_size) > 1:
+            return "is a padded conv (its borders see padding, not the constant)"
+        if module.groups != 1:
+            return "is a grouped conv"
+        return None if module.bias is not None or _batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
+    return f"is a {type(module).__name__}"
+
+
+def _batchnorm_after(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
+    parent, _, last = name.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    candidates = [prefix + last.replace("conv", "bn")] + ([prefix + str(int(last) + 1)] if last.isdigit() else [])
+    for candidate in candidates:
+        module = modules.get(candidate)
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
+            return module
+    return None
+
+
+def _fold_constants(model: nn.Module, group: ChannelGroup, plan: _Plan) -> None:
+    modules = dict(model.named_modules())
+    consumers = {m.name: m for m in group.consumers()}
+    with torch.no_grad():
+        for index, constants in plan.remove.items():
+            for name, value in constants.items():
+                module = modules[name]
+                channel = consumers[name].idxs[index]
+                weight = module.weight[:, channel]
+                delta = value * (weight.flatten(1).sum(1) if weight.dim() > 1 else weight)
+                if module.bias is not None:
+                    module.bias += delta
+                else:
+                    bn = _batchnorm_after(modules, name)
+                    bn.running_mean -= delta  # type: ignore[union-attr, operator]
+
+
+def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> None:
+    import torch_pruning as tp
+
+    if not plan.remove:
+        return
+    root = group.members[0]
+    module = dict(model.named_modules())[root.name]
+    prune_fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+    idxs = sorted(root.idxs[i] for i in plan.remove)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruning_group = graph.get_pruning_group(module, prune_fn, idxs=idxs)
+        if graph.check_pruning_group(pruning_group):
+            pruning_group.prune()
+
+
+def _difference(reference: nn.Module, model: nn.Module, probe: list[torch.Tensor]) -> tuple[float, float]:
+    from .build.trace import tensor_shapes
+
+    worst = 0.0
+    scale = 0.0
+    with torch.inference_mode():
+        for x in probe:
+            expected, got = _flatten(reference(x)), _flatten(model(x))
+            if tensor_shapes(expected) != tensor_shapes(got):
+                return math.inf, 0.0
+            for a, b in zip(expected, got):
+                worst = max(worst, float((a.float() - b.float()).abs().max()))
+                scale = max(scale, float(a.float().abs().max()))
+    return worst, 1e-4 * max(1.0, scale)
+
+
+def _flatten(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flatten(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flatten(v)]
+    return []
+
+
+def _save(model: nn.Module, output: Path, arch: str | None, result: CompactionResult) -> None:
+    if arch is not None:
+        payload: Any = {
+            "state_dict": model.state_dict(),
+            "arch": arch,
+            "analyzer": {"compacted": True, "params": result.params_after},
+        }
+        result.saved_as = "state dict + arch"
+        result.load_code = f"from analyzer import load_pruned\n\nmodel = load_pruned({str(output)!r}, {arch!r})"
+    else:
+        payload = model
+        result.saved_as = "full module"
+        result.load_code = (
+            "import torch\n\n"
+            f"model = torch.load({str(output)!r}, weights_only=False)  # the model's classes must be importable; "
+            "analyze prints the safe_globals list"
+        )
+    atomic_write(output, lambda f: torch.save(payload, f))
+    result.output = str(output)
+
+
+def _nothing_to_remove(plans: list[tuple[ChannelGroup, _Plan]], unstructured: float | None) -> str:
+    left = [plan.summary for _, plan in plans if plan.left]
+    if left:
+        first = left[0]
+        return (
+            f"no channel can be removed exactly: {sum(p.left for p in left)} silent channels stay "
+            f"(e.g. in the group of {first.root}: {first.left_because}); nothing written"
+        )
+    if unstructured:
+        return (
+            f"the zeros are unstructured ({unstructured:.0%} of the weights, scattered): no channel is entirely zero, so "
+            "nothing can be removed. Structured pruning (torch-pruning) at a similar ratio is what removes work; "
+            "nothing written"
+        )
+    return "no channel is zeroed in every layer of its coupled group: nothing to remove; nothing written"

@@ -1,0 +1,140 @@
+"""What a silenced channel really carries to the layers that read it.
+
+A channel whose every producing branch is a zero filter (or a BatchNorm of scale 0)
+does not always arrive as zero: a BatchNorm shift, a bias or an activation can turn it
+into a constant, and a padded depthwise conv makes that constant vary at the borders.
+Rather than model every op in between, the model is run on a few random inputs and each
+consuming layer's input channels are watched: exactly zero (dead), constant, or varying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .coupling import ChannelGroup
+
+__all__ = [
+    "ChannelRange",
+    "ChannelFate",
+    "silenced_by_producer",
+    "silenced_channels",
+    "probe_inputs",
+    "consumer_ranges",
+    "channel_fates",
+]
+
+_PROBE_BATCHES = 3
+_PROBE_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True)
+class ChannelRange:
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+@dataclass
+class ChannelFate:
+    #: Consumer name -> the constant it receives on this channel (0.0 for dead).
+    constants: dict[str, float] = field(default_factory=dict)
+    #: The first consumer that receives a varying signal, if any.
+    varying_at: str | None = None
+
+    @property
+    def dead(self) -> bool:
+        return self.varying_at is None and not any(self.constants.values())
+
+    @property
+    def constant(self) -> bool:
+        return self.varying_at is None and any(self.constants.values())
+
+
+def silenced_by_producer(modules: dict[str, nn.Module], group: ChannelGroup, zero_tol: float = 0.0) -> dict[str, set[int]]:
+    """For each producing branch: the group channels it silences (a zero filter, or a BatchNorm of scale 0)."""
+    by_producer: dict[str, set[int]] = {}
+    for producer in group.producers():
+        module = modules.get(producer.name)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            by_producer[producer.name] = set()
+            continue
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            weight = weight.transpose(0, 1)
+        silent = _is_zero(weight.detach().flatten(1), zero_tol).all(1)
+        for follower in group.followers(producer.name):
+            bn = modules.get(follower.name)
+            if isinstance(bn, nn.modules.batchnorm._NormBase) and bn.weight is not None and bn.weight.numel() == silent.numel():
+                silent = silent | _is_zero(bn.weight.detach(), zero_tol)
+        by_producer[producer.name] = {i for i in range(group.size) if bool(silent[producer.idxs[i]])}
+    return by_producer
+
+
+def silenced_channels(modules: dict[str, nn.Module], group: ChannelGroup, zero_tol: float = 0.0) -> set[int]:
+    """Group channels that every producing branch silences."""
+    by_producer = silenced_by_producer(modules, group, zero_tol)
+    if not by_producer:
+        return set()
+    return set.intersection(*by_producer.values())
+
+
+def probe_inputs(example: torch.Tensor) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1234)
+    shape = (_PROBE_BATCH_SIZE, *example.shape[1:])
+    return [torch.randn(shape, generator=generator).to(example.dtype) * (1 + i) for i in range(_PROBE_BATCHES)]
+
+
+def consumer_ranges(model: nn.Module, groups: list[ChannelGroup], probe: list[torch.Tensor]) -> dict[str, ChannelRange]:
+    """Per consuming layer: each input channel's min and max over all probe inputs and positions."""
+    modules = dict(model.named_modules())
+    wanted = {m.name for g in groups for m in g.consumers() if m.name in modules}
+    ranges: dict[str, ChannelRange] = {}
+
+    def hook(name: str) -> Any:
+        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if x is None or x.dim() < 2:
+                return
+            per_channel = x.detach().transpose(0, 1).reshape(x.shape[1], -1)
+            low, high = per_channel.min(1).values, per_channel.max(1).values
+            if name in ranges:
+                low, high = torch.minimum(ranges[name].low, low), torch.maximum(ranges[name].high, high)
+            ranges[name] = ChannelRange(low, high)
+
+        return record
+
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in wanted]
+    try:
+        with torch.inference_mode():
+            for x in probe:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+
+
+def channel_fates(group: ChannelGroup, channels: set[int], ranges: dict[str, ChannelRange], zero_tol: float = 0.0) -> dict[int, ChannelFate]:
+    fates = {}
+    for index in sorted(channels):
+        fate = ChannelFate()
+        for consumer in group.consumers():
+            seen = ranges.get(consumer.name)
+            if seen is None:
+                fate.varying_at = consumer.name  # did not run: cannot vouch for it
+                break
+            low, high = float(seen.low[consumer.idxs[index]]), float(seen.high[consumer.idxs[index]])
+            if high - low > zero_tol:
+                fate.varying_at = consumer.name
+                break
+            value = (low + high) / 2
+            fate.constants[consumer.name] = 0.0 if abs(value) <= zero_tol else value
+        fates[index] = fate
+    return fates
+
+
+def _is_zero(tensor: torch.Tensor, zero_tol: float) -> torch.Tensor:
+    return tensor.abs() <= zero_tol if zero_tol > 0 else tensor == 0
