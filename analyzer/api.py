@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .build import BuildOptions, build, parse_input_shape
-from .compact import CompactionResult, compact
+from .compact import compact
 from .errors import UsageError
 from .layers import build_layers
 from .load import LoadOptions, load_checkpoint
@@ -17,6 +17,7 @@ from .passes import AnalysisOptions, PassContext, run_passes
 from .profile import ProfileOptions, ProfileResult, profile_models
 from .progress import NullProgress, Progress
 from .report.assemble import build_report
+from .report.compaction import CompactionResult
 from .report.model import Finding, Report
 
 __all__ = ["analyze"]

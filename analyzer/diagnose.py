@@ -46,8 +46,9 @@ def no_speedup(profile: ProfileResult) -> Finding | None:
     realised = latency_cut / flop_cut
     if realised >= NO_SPEEDUP_REALISED:
         return None
+    change = f"fell only {latency_cut:.0%}" if latency_cut >= 0 else f"rose {-latency_cut:.0%}"
     message = (
-        f"FLOPs fell {flop_cut:.0%} ({dense.macs:,} → {pruned.macs:,} MACs) but latency fell only {latency_cut:.0%} "
+        f"FLOPs fell {flop_cut:.0%} ({dense.macs:,} → {pruned.macs:,} MACs) but latency {change} "
         f"at batch {first} ({profile.median('dense', first):.3g} → {profile.median('pruned', first):.3g} ms): "
         f"{measured:.2f}× measured against {expected:.2f}× expected; the latency cut is {realised:.0%} of the "
         f"FLOP cut (threshold {NO_SPEEDUP_REALISED:.0%})."
@@ -56,6 +57,9 @@ def no_speedup(profile: ProfileResult) -> Finding | None:
         message += f" {profile.unpruned_time_share:.0%} of the pruned model's layer time is in layers that were not pruned."
     if len(per_batch) > 1:
         message += " Speedup by batch: " + ", ".join(f"{b}: {s:.2f}×" for b, s in sorted(per_batch.items())) + "."
+    noisy = [f"{s.label}@{s.batch}" for s in profile.latency if s.noisy]
+    if noisy:
+        message += f" Caution: the timings of {', '.join(noisy)} are noisy (IQR over 10% of the median); re-run on a quiet machine."
     return Finding(
         kind="no-speedup",
         severity=Severity.WARNING,
@@ -69,6 +73,7 @@ def no_speedup(profile: ProfileResult) -> Finding | None:
             "speedup_measured_by_batch": {str(b): round(s, 3) for b, s in per_batch.items()},
             "realised": round(realised, 3),
             "unpruned_time_share": _round(profile.unpruned_time_share),
+            "noisy": noisy,
             "latency_ms": {f"{s.label}@{s.batch}": round(s.median_ms, 4) for s in profile.latency},
         },
         fix=(

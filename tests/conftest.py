@@ -56,3 +56,15 @@ def unchanged() -> Callable[[Path], Callable[[], None]]:
         return check
 
     return record
+
+
+pytest_plugins = ["pytester"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--overwrite",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files under tests/test_output/ instead of comparing with them",
+    )

@@ -295,7 +295,7 @@ def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: 
     return Finding(
         kind=KIND_ZEROED,
         severity=Severity.WARNING,
-        modules=list(per_group),
+        modules=list(per_layer),
         message=message + ".",
         evidence={
             "per_group": per_group,
@@ -390,12 +390,13 @@ def _removal_code(ctx: PassContext, removals: list[tuple[str, list[int]]]) -> st
     listed = "".join(f"    {root!r}: {channels},\n" for root, channels in removals)
     return (
         "import torch\nimport torch_pruning as tp\n\n"
+        "# model: the model as saved in this checkpoint (e.g. analyzer.load_pruned(path, factory))\n"
         f"dead_channels = {{  # coupled group (by its first layer) -> channels that output exactly 0\n{listed}}}\n"
         f"graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn({shape}))\n"
         "for name, idxs in dead_channels.items():\n"
         "    layer = model.get_submodule(name)\n"
-        "    prune = tp.prune_linear_out_channels if isinstance(layer, torch.nn.Linear) else tp.prune_conv_out_channels\n"
-        "    group = graph.get_pruning_group(layer, prune, idxs=idxs)\n"
+        "    prune_fn = tp.prune_linear_out_channels if isinstance(layer, torch.nn.Linear) else tp.prune_conv_out_channels\n"
+        "    group = graph.get_pruning_group(layer, prune_fn, idxs=idxs)\n"
         "    if graph.check_pruning_group(group):\n"
         "        group.prune()"
     )

@@ -89,8 +89,8 @@ def _problem(head: Head) -> str | None:
     if k and head.expected_anchors and head.width // k != head.expected_anchors:
         anchors = head.width // k
         return (
-            f"{head.width} channels = {anchors} anchor{'s' if anchors != 1 else ''} per location of {k} values, "
-            f"where {head.expected_anchors} are expected"
+            f"{head.width} output channels, that is {anchors} anchor{'s' if anchors != 1 else ''} × {k} values per "
+            f"location, where the model expects {head.expected_anchors} anchors"
         )
     if head.reference_width and head.reference_width != head.width:
         return f"{head.width} output channels where the reference has {head.reference_width}"
@@ -141,8 +141,8 @@ def _finding(ctx: PassContext, heads: list[Head], problems: list[str]) -> Findin
         message=message,
         evidence={"heads": evidence_heads, "problems": problems, "expected_from": sorted({h.expected_source for h in heads if h.expected_source})},
         fix=(
-            "Prune again from the dense model with every head conv in ignored_layers (the seed notes' recipe: "
-            "torch-pruning must never change a head's output channels)."
+            "Prune again from the dense model with every head conv in ignored_layers: torch-pruning must never "
+            "change a detection head's output channels."
         ),
         fix_code=_FIX_CODE.format(names=names, input_shape=input_shape, ratio=_ratio(ctx)),
     )

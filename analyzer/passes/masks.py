@@ -23,7 +23,10 @@ for name in [k[: -len("_orig")] for k in sd if k.endswith("_orig") and k[: -len(
 torch.save(sd, "folded.pth")"""
 
 _FOLD_MODULE = """\
+import torch
 import torch.nn.utils.prune as prune
+
+# model: the model with its prune reparametrisation (weight_orig, weight_mask)
 
 for name, module in model.named_modules():
     for param in ("weight", "bias"):
@@ -53,7 +56,7 @@ def run(ctx: PassContext) -> list[Finding]:
             modules=modules,
             message=(
                 f"{len(masks)} tensor{'s' if len(masks) != 1 else ''} in {len(modules)} module"
-                f"{'s' if len(modules) != 1 else ''} still carry torch.nn.utils.prune masks "
+                f"{'s' if len(modules) != 1 else ''} still {'carry' if len(masks) != 1 else 'carries'} torch.nn.utils.prune masks "
                 f"({sparsity:.1%} of their weights masked out): the file stores each weight twice and "
                 "the model multiplies by the mask on every forward pass."
             ),

@@ -56,8 +56,9 @@ class ProfileOptions:
     device: str = "auto"
     batches: tuple[int, ...] = (1,)
     measure: MeasureOptions = field(default_factory=MeasureOptions)
-    #: Per-layer profiling runs the model for about this long (at least 3, at most 200 passes).
-    layer_profile_s: float = 0.5
+    #: Per-layer profiling runs the model for about this long (3 to 60 passes: torch.profiler's
+    #: bookkeeping grows with every op recorded).
+    layer_profile_s: float = 0.3
     cudnn_benchmark: bool = True
 
 
@@ -87,7 +88,7 @@ def profile_models(
         threads=torch.get_num_threads(),
         torch_version=torch.__version__,
         timer=timer.name,
-        warmup_runs=options.measure.warmup,
+        warmup_runs=max(options.measure.warmup, 1),
         cudnn_benchmark=options.cudnn_benchmark if device.type == "cuda" else None,
         nvml_status=sampler if isinstance(sampler, str) else "NVML sampled during the timed loop",
         notes=notes,
@@ -185,7 +186,7 @@ def _latency(
 
 def _layer_iterations(latency: list[LatencyStats], options: ProfileOptions) -> int:
     slowest = max((s.median_ms for s in latency if s.batch == latency[0].batch), default=10.0)
-    return int(min(200, max(3, options.layer_profile_s * 1000 / max(slowest, 1e-3))))
+    return int(min(60, max(3, options.layer_profile_s * 1000 / max(slowest, 1e-3))))
 
 
 def _floor_times(model: nn.Module, example: torch.Tensor, balance: MachineBalance, iterations: int) -> dict[str, float]:

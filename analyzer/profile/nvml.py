@@ -117,7 +117,8 @@ def start_sampler(device_index: int, nvml: Any = None, interval_s: float = 0.02)
         handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
         name = nvml.nvmlDeviceGetName(handle)
     except Exception as e:  # no driver, no device, no library: said in one line
-        return f"NVML unavailable ({type(e).__name__}: {str(e).strip() or 'no detail'}): no GPU counters sampled"
+        detail = " ".join(str(e).split()) or "no detail"
+        return f"NVML unavailable ({type(e).__name__}: {detail}): no GPU counters sampled"
     sampler = NvmlSampler(nvml, handle, interval_s)
     sampler.device_name = name.decode() if isinstance(name, bytes) else str(name)  # type: ignore[attr-defined]
     return sampler

@@ -62,7 +62,7 @@ class MeasureOptions:
     block_s: float = 0.01
     min_samples: int = 10
     max_samples: int = 300
-    #: Keep measuring at least this long (per model), and at most max_time in all.
+    #: Measure at least min_time_s per model (in all, all models together), at most max_time_s in all.
     min_time_s: float = 0.5
     max_time_s: float = 20.0
     #: Stop when the median moved less than this (relative) over the last `window` rounds.

@@ -25,8 +25,21 @@ def load_reports(text: str, source: str = "report") -> list[Report]:
         schema = data.get("schema", "")
         if not str(schema).startswith("analyzer-report/"):
             raise ValueError(f"schema {schema!r} is not an analyzer report")
-        if "reports" in data:
-            return [Report.from_dict(item) for item in data["reports"]]
-        return [Report.from_dict(data)]
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{source}: not an analyzer JSON report ({e})") from e
+        items = data["reports"] if "reports" in data else [data]
+        reports = [Report.from_dict(item) for item in items]
+        for report in reports:
+            _check_sections(report)
+        return reports
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{source}: not an analyzer JSON report ({type(e).__name__}: {e})") from e
+
+
+def _check_sections(report: Report) -> None:
+    """Parse the optional sections now, so that a malformed one fails here, in one line."""
+    from ..profile.result import ProfileResult
+    from .compaction import CompactionResult
+
+    if report.profile is not None:
+        ProfileResult.from_dict(report.profile)
+    if report.compaction is not None:
+        CompactionResult.from_dict(report.compaction)

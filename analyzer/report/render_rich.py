@@ -57,7 +57,8 @@ def render_report(report: Report, options: RenderOptions = RenderOptions()) -> R
             parts.append(Text(f"{_TITLE[severity]} ({len(group)})", style=_STYLE[severity]))
             parts += [_finding(f) for f in group]
     if report.layers and options.show_layers:
-        parts.append(module_tree(report.layers, options.all_layers))
+        named = {m for f in report.findings for m in f.modules}
+        parts.append(module_tree(report.layers, options.all_layers, named))
     if report.profile:
         parts += profile_renderables(ProfileResult.from_dict(report.profile))
     if report.compaction:
@@ -85,7 +86,7 @@ def _header(report: Report) -> RenderableType:
     grid.add_row("params", params)
     if summary.macs is not None:
         shape = "×".join(map(str, summary.macs_input_shape or []))
-        grid.add_row("MACs", f"{summary.macs:,} per sample on {shape}")
+        grid.add_row("MACs", f"{summary.macs:,} per sample in conv and linear layers, on {shape}")
     if source.placeholders:
         grid.add_row("placeholders", ", ".join(source.placeholders))
     return Panel(grid, title="analyze", title_align="left", box=box.ROUNDED)
@@ -107,7 +108,7 @@ def _finding(finding: Finding) -> RenderableType:
         if len(finding.modules) > _MAX_MODULES:
             shown += f" … (+{len(finding.modules) - _MAX_MODULES})"
         body.append(Text.assemble(("modules: ", "bold"), shown))
-    evidence = _evidence_line(finding.evidence)
+    evidence = _evidence_line(finding.evidence, finding.message)
     if evidence:
         body.append(Text.assemble(("evidence: ", "bold"), evidence))
     if finding.fix:
@@ -118,8 +119,22 @@ def _finding(finding: Finding) -> RenderableType:
     return Panel(Group(*body), title=f"[{style}]{finding.severity.value}[/] {finding.kind}", title_align="left", border_style=style)
 
 
-def _evidence_line(evidence: dict[str, Any]) -> str:
-    return "; ".join(f"{key}={_short(value)}" for key, value in evidence.items() if value not in (None, [], {}, ""))
+def _evidence_line(evidence: dict[str, Any], message: str) -> str:
+    """Scalars and short lists in full; tables of per-layer numbers summarised (all in --json);
+    nothing the message already says."""
+    parts = []
+    shown: list[Any] = []
+    for key, value in evidence.items():
+        if value in (None, [], {}, "") or value in shown:
+            continue
+        if isinstance(value, list) and all(isinstance(v, str) and v in message for v in value):
+            continue
+        shown.append(value)
+        if isinstance(value, dict) and any(isinstance(v, (dict, list)) for v in value.values()):
+            parts.append(f"{key}: {len(value)} entries (in --json)")
+        else:
+            parts.append(f"{key}={_short(value)}")
+    return "; ".join(parts)
 
 
 def _short(value: Any) -> str:

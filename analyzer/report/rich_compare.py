@@ -2,32 +2,64 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from ..profile.result import ProfileResult
-from .model import Report
+from .model import Report, Severity
 
 __all__ = ["comparison_table"]
 
+_MARK = {Severity.ERROR: ("E", "bold red"), Severity.WARNING: ("W", "yellow"), Severity.INFO: ("i", "cyan")}
+
 
 def comparison_table(reports: list[Report]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="checkpoints", title_justify="left", title_style="bold")
-    for column in ("checkpoint", "params", "non-zero", "MACs", "latency ms", "errors", "warnings", "findings"):
-        table.add_column(column, justify="left" if column in ("checkpoint", "findings") else "right")
-    for report in reports:
+    names = _short_names([r.source.path for r in reports])
+    table = Table(
+        box=box.SIMPLE_HEAD, title="checkpoints", title_justify="left", title_style="bold",
+        caption="E error, W warning, i info", caption_justify="left",
+    )
+    table.add_column("checkpoint", overflow="fold", min_width=min(24, max(map(len, names))))
+    for column in ("params", "non-zero", "MACs", "latency ms"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("findings", no_wrap=True)
+    for report, name in zip(reports, names):
         summary = report.summary
         table.add_row(
-            report.source.path,
+            name,
             f"{summary.params:,}",
             f"{summary.nonzero_params:,}",
             f"{summary.macs:,}" if summary.macs is not None else "-",
             _latency(report),
-            str(summary.findings.get("error", 0)),
-            str(summary.findings.get("warning", 0)),
-            ", ".join(dict.fromkeys(f.kind for f in report.findings)) or "none",
+            _findings(report),
         )
     return table
+
+
+def _findings(report: Report) -> Text:
+    if not report.findings:
+        return Text("none", style="green")
+    lines = Text()
+    seen: set[str] = set()
+    for finding in report.findings:
+        if finding.kind in seen:
+            continue
+        seen.add(finding.kind)
+        mark, style = _MARK[finding.severity]
+        if lines:
+            lines.append("\n")
+        lines.append(f"{mark} ", style=style)
+        lines.append(finding.kind)
+    return lines
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """File names, or whole paths where two files share a name."""
+    names = [Path(p).name for p in paths]
+    return [name if names.count(name) == 1 else path for name, path in zip(names, paths)]
 
 
 def _latency(report: Report) -> str:

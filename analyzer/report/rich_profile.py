@@ -39,14 +39,15 @@ def profile_renderables(profile: ProfileResult) -> list[RenderableType]:
 def _latency_table(profile: ProfileResult) -> Table:
     table = Table(box=box.SIMPLE_HEAD, title="latency", title_justify="left", title_style="bold")
     for column in ("batch", "model", "median ms", "IQR ms", "p90 ms", "samples", "speedup"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
     for stats in sorted(profile.latency, key=lambda s: (s.batch, s.label)):
         dense = profile.median("dense", stats.batch)
         speedup = f"{dense / stats.median_ms:.2f}×" if stats.label == "pruned" and dense else ""
         samples = f"{len(stats.samples_ms)}" + (f" × {stats.calls_per_sample}" if stats.calls_per_sample > 1 else "")
+        label = stats.label if "dense" in profile.flops else "model"
         table.add_row(
             str(stats.batch),
-            stats.label + (" (noisy)" if stats.noisy else ""),
+            label + (" (noisy)" if stats.noisy else ""),
             f"{stats.median_ms:.3f}",
             f"{stats.iqr_ms:.3f}",
             f"{stats.p90_ms:.3f}",
@@ -57,19 +58,25 @@ def _latency_table(profile: ProfileResult) -> Table:
 
 
 def _flops_table(profile: ProfileResult) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="FLOPs (fvcore: one multiply-add counts once)", title_justify="left", title_style="bold")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title="FLOPs (fvcore, every op it knows; one multiply-add counts once)",
+        title_justify="left",
+        title_style="bold",
+    )
     for column in ("model", "MACs", "params", "not counted by fvcore"):
-        table.add_column(column, justify="left" if column in ("model", "not counted by fvcore") else "right")
+        table.add_column(column, justify="left" if column in ("model", "not counted by fvcore") else "right", overflow="fold")
     for label, flops in profile.flops.items():
         uncounted = ", ".join(f"{op}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
-        table.add_row(label, f"{flops.macs:,}", f"{flops.params:,}", uncounted)
+        table.add_row(label if "dense" in profile.flops else "model", f"{flops.macs:,}", f"{flops.params:,}", uncounted)
     return table
 
 
 def _layer_table(profile: ProfileResult) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="where the time goes (pruned model)", title_justify="left", title_style="bold")
+    which = "pruned model" if "dense" in profile.flops else "model"
+    table = Table(box=box.SIMPLE_HEAD, title=f"where the time goes ({which})", title_justify="left", title_style="bold")
     for column in ("module", "type", "ms", "share", "fixed", "MACs", "FLOP/B", "bound", "pruned"):
-        table.add_column(column, justify="left" if column in ("module", "type", "bound", "pruned") else "right")
+        table.add_column(column, justify="left" if column in ("module", "type", "bound", "pruned") else "right", overflow="fold")
     for layer in sorted(profile.layers, key=lambda l: -l.time_ms)[:_MAX_PROFILE_LAYERS]:
         pruned = "" if layer.pruned is None else ("yes" if layer.pruned else "no")
         fixed = f"{layer.fixed_ms / layer.time_ms:.0%}" if layer.time_ms else ""

@@ -31,7 +31,8 @@ class _Node:
         return own + [r for child in self.children.values() for r in child.rows()]
 
 
-def module_tree(rows: list[LayerRow], all_layers: bool = False) -> Tree:
+def module_tree(rows: list[LayerRow], all_layers: bool = False, named: set[str] = frozenset()) -> Tree:
+    """`named`: modules the findings name; they are always shown."""
     root = _Node("")
     for row in rows:
         node = root
@@ -41,27 +42,35 @@ def module_tree(rows: list[LayerRow], all_layers: bool = False) -> Tree:
     fold = not all_layers and len(rows) > _MAX_ROWS
     tree = Tree(Text("modules", style="bold"), guide_style="dim")
     for child in root.children.values():
-        _add(tree, child, depth=1, fold=fold)
+        _add(tree, child, depth=1, fold=fold, named=named)
     return tree
 
 
-def _add(parent: Tree, node: _Node, depth: int, fold: bool, parent_ratio: float | None = None) -> None:
+def _add(parent: Tree, node: _Node, depth: int, fold: bool, named: set[str]) -> None:
     rows = node.rows()
     if node.row is not None and not node.children:
         parent.add(_leaf_label(node.name, node.row))
         return
     ratio = _retention(rows)
+    if fold and not any(_notable(r, ratio) or r.name in named for r in rows):
+        label = _container_label(node.name, rows)
+        label.append(f"  {len(rows)} layer{'s' if len(rows) != 1 else ''}, nothing to note", style="dim")
+        parent.add(label)
+        return
     hidden = 0
     branch = parent.add(_container_label(node.name, rows))
+    shown = 0
     for child in node.children.values():
         child_rows = child.rows()
-        if fold and depth >= 2 and not any(_notable(r, ratio) for r in child_rows):
+        if fold and depth >= 2 and not any(_notable(r, ratio) or r.name in named for r in child_rows):
             hidden += len(child_rows)
             continue
-        _add(branch, child, depth + 1, fold, ratio)
+        _add(branch, child, depth + 1, fold, named)
+        shown += 1
     if hidden:
-        like = f", kept like the block ({ratio:.0%})" if ratio is not None else ""
-        branch.add(Text(f"… {hidden} more layers with no zeros or masks{like}", style="dim"))
+        like = f", kept like the rest ({ratio:.0%})" if ratio is not None else ""
+        more = " more" if shown else ""
+        branch.add(Text(f"… {hidden}{more} layer{'s' if hidden != 1 else ''} with no zeros or masks{like}", style="dim"))
 
 
 def _notable(row: LayerRow, around: float | None) -> bool:
