@@ -9,11 +9,20 @@ shift 0) from constant ones (scale 0 alone).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["WeightPattern", "BatchNormPattern", "weight_pattern", "batchnorm_pattern", "NM_PATTERNS", "UNSTRUCTURED_MIN"]
+__all__ = [
+    "WeightPattern",
+    "BatchNormPattern",
+    "weight_pattern",
+    "dense_pattern",
+    "batchnorm_pattern",
+    "NM_PATTERNS",
+    "UNSTRUCTURED_MIN",
+]
 
 #: Element zeros below this fraction of a tensor are incidental, not pruning.
 UNSTRUCTURED_MIN = 0.05
@@ -82,8 +91,15 @@ class BatchNormPattern:
         return "+".join(p for p, c in (("dead", self.dead), ("constant", self.constant)) if c)
 
 
-def weight_pattern(weight: torch.Tensor, zero_tol: float = 0.0) -> WeightPattern:
-    """Zero pattern of a (out, in, *kernel) or (out, in) weight."""
+def dense_pattern(shape: tuple[int, ...]) -> WeightPattern:
+    """The pattern of a weight known to hold no zero."""
+    out_ch, in_ch = shape[0], shape[1]
+    numel = math.prod(shape)
+    return WeightPattern(numel=numel, zeros=0, out_channels=out_ch, in_channels=in_ch, kernel_size=numel // max(out_ch * in_ch, 1))
+
+
+def weight_pattern(weight: torch.Tensor, zero_tol: float = 0.0, zeros: int | None = None) -> WeightPattern:
+    """Zero pattern of a (out, in, *kernel) or (out, in) weight; `zeros` when already counted."""
     w = weight.detach()
     if w.is_quantized:
         w = w.dequantize()
@@ -91,39 +107,34 @@ def weight_pattern(weight: torch.Tensor, zero_tol: float = 0.0) -> WeightPattern
         raise ValueError("weight_pattern needs a weight of 2 or more dimensions")
     out_ch, in_ch = w.shape[0], w.shape[1]
     kernel = w[0, 0].numel() if w.numel() else 1
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, w[0].numel()))
-    zeros = 0
-    zero_out: list[int] = []
-    in_zero_counts = torch.zeros(in_ch, dtype=torch.int64)
-    kernel_zero_total = 0
-    kernels_in_zero_out = 0
-    nm_max = {m: 0 for _, m in NM_PATTERNS}
     flat_cols = w[0].numel()
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, flat_cols))
+    if zeros is None:
+        zeros = sum(int(torch.count_nonzero(_zero_mask(w[i : i + rows_per_chunk], zero_tol))) for i in range(0, out_ch, rows_per_chunk))
+    # N:M needs at least half the weights zero; below that the group counts are not worth computing.
+    nm_max = {m: (0 if 2 * zeros >= w.numel() and flat_cols % m == 0 else m + 1) for _, m in NM_PATTERNS}
+    zero_out: list[int] = []
+    in_all_zero = torch.ones(in_ch, dtype=torch.bool)
+    kernel_zero_total = 0
     for start in range(0, out_ch, rows_per_chunk):
-        chunk = w[start : start + rows_per_chunk]
-        is_zero = (chunk.abs() <= zero_tol) if zero_tol > 0 else (chunk == 0)
-        per_kernel = is_zero.reshape(chunk.shape[0], in_ch, kernel)
-        zeros += int(is_zero.sum())
-        row_zero = per_kernel.reshape(chunk.shape[0], -1).all(1)
+        is_zero = _zero_mask(w[start : start + rows_per_chunk], zero_tol)
+        rows = is_zero.shape[0]
+        kernel_zero = is_zero.reshape(rows, in_ch, kernel).all(2)
+        row_zero = kernel_zero.all(1)
         zero_out += (torch.nonzero(row_zero).flatten() + start).tolist()
-        in_zero_counts += per_kernel.sum(dim=(0, 2))
-        kernel_zero = per_kernel.all(2)
-        kernel_zero_total += int(kernel_zero.sum())
-        kernels_in_zero_out += int(row_zero.sum()) * in_ch
-        nonzero = (~is_zero).reshape(chunk.shape[0], flat_cols)
+        in_all_zero &= kernel_zero.all(0)
+        kernel_zero_total += int(torch.count_nonzero(kernel_zero))
         for m in nm_max:
-            if flat_cols % m == 0 and nm_max[m] <= m:
-                groups = nonzero.reshape(chunk.shape[0], flat_cols // m, m).sum(2)
-                nm_max[m] = max(nm_max[m], int(groups.max()) if groups.numel() else 0)
-            else:
-                nm_max[m] = m + 1
-    zero_in = torch.nonzero(in_zero_counts == out_ch * kernel).flatten().tolist()
+            if nm_max[m] <= m:
+                counts = (~is_zero).reshape(rows, flat_cols // m, m).sum(2, dtype=torch.uint8)
+                nm_max[m] = max(nm_max[m], int(counts.max()) if counts.numel() else 0)
+    zero_in = torch.nonzero(in_all_zero).flatten().tolist()
     # Elements in zeroed rows or columns, counted once.
     structured = len(zero_out) * in_ch * kernel + len(zero_in) * out_ch * kernel - len(zero_out) * len(zero_in) * kernel
     # Zeroed kernels outside zeroed rows and columns (a kernel of one element is just an element).
     kernels_outside = 0
     if kernel > 1:
-        kernels_outside = kernel_zero_total - kernels_in_zero_out - len(zero_in) * (out_ch - len(zero_out))
+        kernels_outside = kernel_zero_total - len(zero_out) * in_ch - len(zero_in) * (out_ch - len(zero_out))
         structured += kernels_outside * kernel
     nm = [f"{n}:{m}" for n, m in NM_PATTERNS if nm_max[m] <= n and zeros]
     return WeightPattern(
@@ -138,6 +149,10 @@ def weight_pattern(weight: torch.Tensor, zero_tol: float = 0.0) -> WeightPattern
         unstructured_zeros=max(zeros - structured, 0),
         nm=nm,
     )
+
+
+def _zero_mask(values: torch.Tensor, zero_tol: float) -> torch.Tensor:
+    return values.abs() <= zero_tol if zero_tol > 0 else values == 0
 
 
 def batchnorm_pattern(scale: torch.Tensor, shift: torch.Tensor | None, zero_tol: float = 0.0) -> BatchNormPattern:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import InputError
 from .checkpoint import Checkpoint, DictTensorStore, MaskPair, TensorStore
 from .extract import describe, extract_weights, find_masks
+from .limits import enforced, limits_for
 from .policy import GlobalKind, GlobalPolicy, ResolvedGlobal
 from .readers import Raw, read_pickle, read_torch_legacy, read_torch_zip, read_torchscript
 from .safetensors_file import open_safetensors
@@ -36,15 +37,21 @@ class LoadOptions:
     key: str | None = None
     #: Memory-map torch zip files so that a checkpoint larger than RAM can be scanned.
     mmap: bool = True
+    #: While reading: how far the address space may grow (bytes) and how long it may take
+    #: (seconds). None: derived from the file's size (see limits.py).
+    memory_limit: int | None = None
+    time_limit: float | None = None
 
 
 def load_checkpoint(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> Checkpoint:
     path = Path(path)
     fmt = sniff(path)
-    if fmt is Format.SAFETENSORS:
-        return _load_safetensors(path)
-    raw = _read(path, fmt, options)
-    return _checkpoint_from_raw(path, fmt, raw, options)
+    limits = limits_for(path.stat().st_size, options.memory_limit, options.time_limit)
+    with enforced(limits, path):
+        if fmt is Format.SAFETENSORS:
+            return _load_safetensors(path)
+        raw = _read(path, fmt, options)
+        return _checkpoint_from_raw(path, fmt, raw, options)
 
 
 def _read(path: Path, fmt: Format, options: LoadOptions) -> Raw:

@@ -156,7 +156,13 @@ def _add_restricted_replacements(policy: GlobalPolicy) -> None:
 def _restricted(load: Any, path: Path) -> Any:
     try:
         return load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, struct.error) as e:
+    except MemoryError as e:
+        raise InputError(f"{path}: the pickle asks for more memory than the file could ever hold; refused") from e
+    except RuntimeError as e:
+        if "allocate" in str(e):
+            raise InputError(f"{path}: the pickle asks for more memory than the file could ever hold; refused ({_first_line(e)})") from e
+        raise InputError(f"{path}: the pickle could not be read safely (RuntimeError: {_first_line(e)})") from e
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error) as e:
         raise InputError(f"{path}: the pickle could not be read safely ({type(e).__name__}: {_first_line(e)})") from e
 
 

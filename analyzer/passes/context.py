@@ -11,7 +11,7 @@ from ..build.graph import GraphTrace, trace_graph
 from ..layers import Layer
 from ..load import Checkpoint
 from ..profile.result import ProfileResult
-from ..patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, weight_pattern
+from ..patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, dense_pattern, weight_pattern
 from ..scan import TensorStats, tensor_stats
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
@@ -78,10 +78,12 @@ class PassContext:
         if stats.nonzero is None or stats.layout == "sparse":
             return None  # no data, or a layout whose zeros are not stored
         if (layer.is_conv or layer.is_linear) and len(layer.shape) >= 2:
+            if stats.nonzero == stats.numel and layer.shape[0]:
+                return dense_pattern(layer.shape)  # no zero at all: skip the structure scan
             tensor = self.tensor(weight)
             if layer.type.startswith("ConvTranspose"):
                 tensor = tensor.transpose(0, 1)  # stored (in, out, *k): patterns are about outputs
-            return weight_pattern(tensor, self.options.zero_tol)
+            return weight_pattern(tensor, self.options.zero_tol, zeros=stats.numel - stats.nonzero)
         if layer.is_batchnorm and len(layer.shape) == 1:
             bias = layer.params.get("bias")
             return batchnorm_pattern(self.tensor(weight), self.tensor(bias) if bias else None, self.options.zero_tol)
