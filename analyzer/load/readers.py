@@ -226,9 +226,14 @@ def _scan_zip_pickle(path: Path) -> list[GlobalRef]:
                 )
             if pickles[0].file_size > path.stat().st_size:
                 raise InputError(f"{path}: data.pkl claims {pickles[0].file_size} bytes, more than the file holds")
+            for info in infos:
+                # Opening an entry compares its local header with the central directory: a
+                # crafted archive can show one reader one entry and another reader another.
+                with archive.open(info):
+                    pass
             data = archive.read(pickles[0])
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise InputError(f"{path}: a damaged zip archive ({e})") from e
+        raise InputError(f"{path}: a damaged or inconsistent zip archive ({e})") from e
     return _scan(io.BytesIO(data), path)
 
 
