@@ -97,7 +97,7 @@ def _compact(
         raise UsageError("--compact: the model fails on its example input, so it cannot be verified after compaction")
     unstructured = next((f.evidence.get("sparsity_overall") for f in findings if f.kind == "unstructured-sparsity"), None)
     recipe = arch if model.origin != "checkpoint" else None
-    return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured)
+    return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured, len(ctx.checkpoint.masks))
 
 
 def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult | None, str | None]:

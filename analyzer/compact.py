@@ -25,7 +25,7 @@ from .build import Model
 from .build.macs import model_macs
 from .build.trace import run_traced
 from .coupling import ChannelGroup, coupled_groups, dependency_graph
-from .silence import ChannelRange, channel_fates, consumer_ranges, probe_inputs, silenced_channels
+from .silence import ChannelRange, batchnorm_after, channel_fates, consumer_ranges, probe_inputs, silenced_channels
 from .errors import UsageError
 from .fsutil import atomic_write
 from .report.compaction import CompactionResult, GroupCompaction
@@ -41,11 +41,15 @@ def compact(
     round_to: int | None = None,
     zero_tol: float = 0.0,
     unstructured_sparsity: float | None = None,
+    masks_in_file: int = 0,
 ) -> CompactionResult:
-    """Compact `model` into `output`; see the module docstring. Returns what was done (or refused)."""
+    """Compact `model` into `output`; see the module docstring. Returns what was done (or refused).
+
+    masks_in_file: prune masks the loader already folded into `model` (a state dict with
+    weight_orig/weight_mask rebuilt on --arch); they count as folded."""
     _check_output(output, input_path)
     work = copy.deepcopy(model.module).eval()
-    folded = _fold_masks(work)
+    folded = _fold_masks(work) + (masks_in_file if model.origin != "checkpoint" else 0)
     reference = copy.deepcopy(work)
     example = model.example_input
     result = CompactionResult(output=None, masks_folded=folded, round_to=round_to)
@@ -56,7 +60,7 @@ def compact(
     probe = probe_inputs(example)
     seen = consumer_ranges(work, groups, probe)
     plans = [_plan(work, group, seen, round_to, zero_tol) for group in groups]
-    plans = [(group, plan) for group, plan in zip(groups, plans) if plan.removed or plan.left]
+    plans = [(group, plan) for group, plan in zip(groups, plans) if plan.removed or plan.left or plan.summary.kept_for_alignment]
     if not any(plan.removed for _, plan in plans) and not folded:
         result.refused = _nothing_to_remove(plans, unstructured_sparsity)
         return result
@@ -93,6 +97,8 @@ class _Plan:
 
 
 def _check_output(output: Path, input_path: Path) -> None:
+    if output.is_dir():
+        raise UsageError(f"--compact {output}: that is a folder; give the file to write (e.g. {output / 'compact.pth'})")
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
         raise UsageError(f"--compact {output}: that is the input file; write the compacted model elsewhere")
     if not output.parent.exists():
@@ -119,15 +125,11 @@ def _plan(model: nn.Module, group: ChannelGroup, seen: dict[str, ChannelRange], 
     remove: dict[int, dict[str, float]] = {}
     left_reasons: dict[int, str] = {}
     for index, fate in fates.items():
-        if fate.varying_at is not None:
-            left_reasons[index] = f"{fate.varying_at} receives a varying signal on it (a padded depthwise conv or the like in between)"
-            continue
-        unfoldable = [(name, why) for name, value in fate.constants.items() if value and (why := _unfoldable(modules, name))]
-        if unfoldable:
-            name, why = unfoldable[0]
-            left_reasons[index] = f"it carries a constant into {name}, which {why}"
-            continue
-        remove[index] = {name: value for name, value in fate.constants.items() if value}
+        blocked = fate.blocked_by(modules)
+        if blocked:
+            left_reasons[index] = blocked
+        else:
+            remove[index] = {name: value for name, value in fate.constants.items() if value}
     kept_for_alignment = 0
     if round_to and remove:
         width = group.size - len(remove)
@@ -152,32 +154,6 @@ def _plan(model: nn.Module, group: ChannelGroup, seen: dict[str, ChannelRange], 
     return _Plan(summary, remove)
 
 
-def _unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
-    """Why a constant input channel of `name` cannot be folded exactly, or None if it can."""
-    module = modules.get(name)
-    if isinstance(module, nn.Linear):
-        return None if module.bias is not None or _batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        padded = any(p != 0 for p in (module.padding if isinstance(module.padding, tuple) else (module.padding,)))
-        if padded and math.prod(module.kernel_size) > 1:
-            return "is a padded conv (its borders see padding, not the constant)"
-        if module.groups != 1:
-            return "is a grouped conv"
-        return None if module.bias is not None or _batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
-    return f"is a {type(module).__name__}"
-
-
-def _batchnorm_after(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
-    parent, _, last = name.rpartition(".")
-    prefix = f"{parent}." if parent else ""
-    candidates = [prefix + last.replace("conv", "bn")] + ([prefix + str(int(last) + 1)] if last.isdigit() else [])
-    for candidate in candidates:
-        module = modules.get(candidate)
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
-            return module
-    return None
-
-
 def _fold_constants(model: nn.Module, group: ChannelGroup, plan: _Plan) -> None:
     modules = dict(model.named_modules())
     consumers = {m.name: m for m in group.consumers()}
@@ -191,7 +167,7 @@ def _fold_constants(model: nn.Module, group: ChannelGroup, plan: _Plan) -> None:
                 if module.bias is not None:
                     module.bias += delta
                 else:
-                    bn = _batchnorm_after(modules, name)
+                    bn = batchnorm_after(modules, name)
                     bn.running_mean -= delta  # type: ignore[union-attr, operator]
 
 

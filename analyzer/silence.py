@@ -25,6 +25,8 @@ __all__ = [
     "probe_inputs",
     "consumer_ranges",
     "channel_fates",
+    "constant_unfoldable",
+    "batchnorm_after",
 ]
 
 _PROBE_BATCHES = 3
@@ -51,6 +53,16 @@ class ChannelFate:
     @property
     def constant(self) -> bool:
         return self.varying_at is None and any(self.constants.values())
+
+    def blocked_by(self, modules: dict[str, nn.Module]) -> str | None:
+        """Why this channel cannot be removed exactly, or None when it can."""
+        if self.varying_at is not None:
+            return f"{self.varying_at} receives a varying signal on it (a padded depthwise conv or the like in between)"
+        for name, value in self.constants.items():
+            why = constant_unfoldable(modules, name) if value else None
+            if why:
+                return f"it carries a constant into {name}, which {why}"
+        return None
 
 
 def silenced_by_producer(modules: dict[str, nn.Module], group: ChannelGroup, zero_tol: float = 0.0) -> dict[str, set[int]]:
@@ -138,3 +150,31 @@ def channel_fates(group: ChannelGroup, channels: set[int], ranges: dict[str, Cha
 
 def _is_zero(tensor: torch.Tensor, zero_tol: float) -> torch.Tensor:
     return tensor.abs() <= zero_tol if zero_tol > 0 else tensor == 0
+
+
+def constant_unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
+    """Why a constant arriving on an input channel of `name` cannot be folded into it exactly
+    (None: it can — into its bias, or into the BatchNorm right after it)."""
+    module = modules.get(name)
+    if isinstance(module, nn.Linear):
+        return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        padding = module.padding if isinstance(module.padding, tuple) else (module.padding,)
+        if isinstance(module.padding, str) or any(p != 0 for p in padding):
+            return "is a padded conv (its borders see padding, not the constant)"
+        if module.groups != 1:
+            return "is a grouped conv"
+        return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
+    return f"is a {type(module).__name__}"
+
+
+def batchnorm_after(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
+    """The BatchNorm that directly follows layer `name` (conv1 → bn1, seq.0 → seq.1)."""
+    parent, _, last = name.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    candidates = [prefix + last.replace("conv", "bn")] + ([prefix + str(int(last) + 1)] if last.isdigit() else [])
+    for candidate in candidates:
+        module = modules.get(candidate)
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
+            return module
+    return None

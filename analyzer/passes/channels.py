@@ -256,7 +256,7 @@ def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: 
         everywhere = set.intersection(*by_producer.values())
         fates = channel_fates(group, everywhere, ranges, ctx.options.zero_tol)
         dead = sorted(i for i, fate in fates.items() if fate.dead)
-        constant = [i for i, fate in fates.items() if fate.constant]
+        constant = [i for i, fate in fates.items() if fate.constant and fate.blocked_by(modules) is None]
         removable = len(dead) + len(constant)
         cuts = _cuts(group, removable)
         group_params, group_macs = _savings(ctx, modules, cuts)
@@ -266,7 +266,7 @@ def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: 
             "removable": removable,
             "dead": len(dead),
             "constant": len(constant),
-            "varying_downstream": len(everywhere) - removable,
+            "not_removable_exactly": len(everywhere) - removable,
             "zeroed_in_some_branches_only": len(somewhere) - len(everywhere),
             "producers": [p.name for p in group.producers()],
             "params_removable_alone": group_params,
@@ -282,16 +282,19 @@ def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: 
     total_params = sum(p.numel() for p in model.module.parameters())
     total_macs = _model_macs(ctx)
     constant = sum(g["constant"] for g in per_group.values())
-    blocked = sum(g["zeroed_in_some_branches_only"] + g["varying_downstream"] for g in per_group.values())
+    blocked = sum(g["zeroed_in_some_branches_only"] + g["not_removable_exactly"] for g in per_group.values())
     message = (
         f"{removable + blocked} channels in {len(per_group)} coupled groups are zeroed but still computed; "
         f"{removable} can be removed, saving {params:,} parameters ({params / max(total_params, 1):.1%})"
         + (f" and {macs:,} MACs per sample ({macs / total_macs:.1%})" if total_macs else "")
     )
     if constant:
-        message += f"; {constant} of them reach the next layer as a constant (a BatchNorm shift or a bias), which must be folded into it when they go"
+        message += f"; {constant} of them reach the next layer as a constant (a BatchNorm shift or a bias), which is folded into it when they go"
     if blocked:
-        message += f"; {blocked} are zero in some branches of a residual sum only (or vary after a padded depthwise conv), so they stay"
+        message += (
+            f"; {blocked} stay: they are zero in some branches of a residual sum only, or reach a padded layer as a "
+            "constant that cannot be folded exactly"
+        )
     return Finding(
         kind=KIND_ZEROED,
         severity=Severity.WARNING,
