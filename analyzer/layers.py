@@ -48,13 +48,13 @@ class Layer:
     def is_batchnorm(self) -> bool:
         return "BatchNorm" in self.type
 
-    @property
-    def out_channels(self) -> int | None:
-        if self.shape is None or not self.shape:
+    def out_width(self, shape: tuple[int, ...] | None = None) -> int | None:
+        """Output channels of a conv, linear or norm layer with weight `shape` (default: its own)."""
+        shape = shape if shape is not None else self.shape
+        if not shape or not (self.is_conv or self.is_linear or self.is_batchnorm):
             return None
-        if self.type.startswith("ConvTranspose") and len(self.shape) > 1:
-            return None  # depends on groups; (in, out/groups, k...)
-        return self.shape[0]
+        # ConvTranspose stores (in, out/groups, *k); groups are rarely >1 there.
+        return shape[1] if self.type.startswith("ConvTranspose") and len(shape) > 1 else shape[0]
 
 
 def build_layers(checkpoint: Checkpoint) -> list[Layer]:

@@ -53,6 +53,26 @@ class Raw:
 
 def read_torch_zip(path: Path, policy: GlobalPolicy, trust: bool, mmap_tensors: bool = True) -> Raw:
     refs = _scan_zip_pickle(path)
+    return _read_torch_file(path, policy, trust, refs, mmap_tensors, lambda: _read_zip_restricted(path, policy, refs))
+
+
+def read_torch_legacy(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
+    refs = _scan_legacy_pickles(path)
+
+    def read_restricted() -> Raw:
+        _add_restricted_replacements(policy)
+        with _mapped(path) as data:
+            obj = _restricted(lambda: load_legacy(data, policy, path.stat().st_size), path)
+        return Raw(obj, "restricted-unpickler", _unsafe(policy, refs))
+
+    return _read_torch_file(path, policy, trust, refs, False, read_restricted)
+
+
+def _read_torch_file(
+    path: Path, policy: GlobalPolicy, trust: bool, refs: list[GlobalRef], mmap_tensors: bool, read_restricted: Any
+) -> Raw:
+    """torch.load(weights_only=True) with the policy's globals registered; the restricted
+    unpickler when torch refuses; torch.load(weights_only=False) only with --trust."""
     if trust:
         return Raw(_torch_load(path, weights_only=False, mmap_tensors=mmap_tensors), "trusted", _unsafe(policy, refs))
     try:
@@ -60,25 +80,6 @@ def read_torch_zip(path: Path, policy: GlobalPolicy, trust: bool, mmap_tensors: 
             obj = _torch_load(path, weights_only=True, mmap_tensors=mmap_tensors)
         return Raw(obj, "weights_only", _unsafe(policy, refs))
     except pickle.UnpicklingError as e:
-        return _fallback(policy, refs, _torch_refusal(e), lambda: _read_zip_restricted(path, policy, refs))
-
-
-def read_torch_legacy(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
-    refs = _scan_legacy_pickles(path)
-    if trust:
-        return Raw(_torch_load(path, weights_only=False, mmap_tensors=False), "trusted", _unsafe(policy, refs))
-    try:
-        with torch.serialization.safe_globals(policy.torch_safe_globals(refs)):
-            obj = _torch_load(path, weights_only=True, mmap_tensors=False)
-        return Raw(obj, "weights_only", _unsafe(policy, refs))
-    except pickle.UnpicklingError as e:
-
-        def read_restricted() -> Raw:
-            _add_restricted_replacements(policy)
-            with _mapped(path) as data:
-                obj = _restricted(lambda: load_legacy(data, policy, path.stat().st_size), path)
-            return Raw(obj, "restricted-unpickler", _unsafe(policy, refs))
-
         return _fallback(policy, refs, _torch_refusal(e), read_restricted)
 
 

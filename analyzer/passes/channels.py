@@ -56,7 +56,7 @@ def run_removal(ctx: PassContext) -> list[Finding]:
         ref_shape = reference.shapes.get(layer.weight)
         if ref_shape is None:
             continue
-        kept, original = _out_width(layer, layer.shape), _out_width(layer, ref_shape)
+        kept, original = layer.out_width(), layer.out_width(ref_shape)
         if kept < original:
             narrower[layer.name] = [kept, original]
     names = {layer.weight for layer in ctx.layers if layer.weight}
@@ -97,12 +97,12 @@ def run_unaligned(ctx: PassContext) -> list[Finding]:
     for layer in ctx.layers:
         if not (layer.is_conv or layer.is_linear) or layer.shape is None or layer.weight is None:
             continue
-        width = _out_width(layer, layer.shape)
+        width = layer.out_width()
         if width % ALIGNMENT == 0 or width < ALIGNMENT:
             continue  # below one vector width, per-kernel overhead dominates anyway
         if reference is not None:
             ref_shape = reference.shapes.get(layer.weight)
-            changed = ref_shape is not None and _out_width(layer, ref_shape) != width
+            changed = ref_shape is not None and layer.out_width(ref_shape) != width
         else:
             changed = any(w == width for other, w in consumers_in.items() if other != layer.name)
         if changed:
@@ -174,7 +174,7 @@ def _zeroed_per_layer(ctx: PassContext) -> dict[str, _Silenced]:
 def _batchnorm_after(layer: Layer, layers: dict[str, Layer]) -> Layer | None:
     for name in _neighbour_names(layer.name, forward=True):
         candidate = layers.get(name)
-        if candidate is not None and candidate.is_batchnorm and candidate.shape and layer.shape and candidate.shape[0] == _out_width(layer, layer.shape):
+        if candidate is not None and candidate.is_batchnorm and candidate.shape and layer.shape and candidate.shape[0] == layer.out_width():
             return candidate
     return None
 
@@ -182,7 +182,7 @@ def _batchnorm_after(layer: Layer, layers: dict[str, Layer]) -> Layer | None:
 def _producer_before(bn: Layer, layers: dict[str, Layer]) -> Layer | None:
     for name in _neighbour_names(bn.name, forward=False):
         candidate = layers.get(name)
-        if candidate is not None and (candidate.is_conv or candidate.is_linear) and candidate.shape and bn.shape and _out_width(candidate, candidate.shape) == bn.shape[0]:
+        if candidate is not None and (candidate.is_conv or candidate.is_linear) and candidate.shape and bn.shape and candidate.out_width() == bn.shape[0]:
             return candidate
     return None
 
@@ -222,7 +222,7 @@ def _zeroed_static(ctx: PassContext, per_layer: dict[str, _Silenced], note: str)
         per_channel = _out_params_per_channel(ctx, layer)
         count = len(silenced.all)
         params += count * per_channel
-        evidence_layers[name] = {"zeroed": count, "of": _out_width(layer, layer.shape), "zero_filters": len(silenced.filters), "silenced_by_batchnorm": len(silenced.by_batchnorm - silenced.filters)}
+        evidence_layers[name] = {"zeroed": count, "of": layer.out_width(), "zero_filters": len(silenced.filters), "silenced_by_batchnorm": len(silenced.by_batchnorm - silenced.filters)}
     total = sum(v["zeroed"] for v in evidence_layers.values())
     return Finding(
         kind=KIND_ZEROED,
@@ -423,12 +423,6 @@ def _measured_slowdown(ctx: PassContext, unaligned: set[str]) -> dict[str, float
 def _usable_reference(ctx: PassContext) -> Reference | None:
     reference = ctx.reference
     return reference if reference is not None and reference.matches else None
-
-
-def _out_width(layer: Layer, shape: tuple[int, ...]) -> int:
-    if layer.type.startswith("ConvTranspose") and len(shape) > 1:
-        return shape[1]
-    return shape[0]
 
 
 def _input_widths(ctx: PassContext) -> dict[str, int]:

@@ -81,17 +81,10 @@ def _row(ctx: PassContext, layer: Layer) -> LayerRow:
         dtype=str(layer.dtype).removeprefix("torch.") if layer.dtype is not None else "-",
         masked=layer.masked,
         pattern=pattern.label if pattern is not None else None,
-        out_channels=_out_channels(layer),
-        reference_out=_out_channels(layer, reference_shape) if reference_shape else None,
+        out_channels=layer.out_width(),
+        reference_out=layer.out_width(reference_shape) if reference_shape else None,
         weight_sparsity=weight_stats.zero_fraction if weight_stats else None,
     )
-
-
-def _out_channels(layer: Layer, shape: tuple[int, ...] | None = None) -> int | None:
-    shape = shape if shape is not None else layer.shape
-    if not shape or not (layer.is_conv or layer.is_linear or layer.is_batchnorm):
-        return None
-    return shape[1] if layer.type.startswith("ConvTranspose") and len(shape) > 1 else shape[0]
 
 
 def _numel(ctx: PassContext, name: str) -> int:

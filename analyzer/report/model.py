@@ -107,8 +107,7 @@ class LayerRow:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerRow:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return _from_fields(cls, data)
 
 
 @dataclass
@@ -129,8 +128,7 @@ class Source:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Source:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return _from_fields(cls, data)
 
 
 @dataclass
@@ -151,8 +149,7 @@ class Summary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return _from_fields(cls, data)
 
 
 @dataclass
@@ -214,6 +211,12 @@ class Report:
     @classmethod
     def from_json(cls, text: str) -> Report:
         return cls.from_dict(json.loads(text))
+
+
+def _from_fields(cls: Any, data: dict[str, Any]) -> Any:
+    """An instance of dataclass `cls` from a dict; keys it does not know (newer schemas) are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _json_default(value: Any) -> Any:
