@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import BuildError, UsageError
+from ..errors import AnalyzerError, BuildError, UsageError
 from ..load import Checkpoint, LoadOptions, load_checkpoint
 from ..load.placeholder import Placeholder
 from .arch import build_dense, load_factory, parse_input_shape
@@ -92,12 +92,18 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
     result.reference = _reference(options, load_options, dense)
     if result.reference is not None:
         _check_reference(checkpoint, result.reference)
-    module, origin = _runnable_module(checkpoint, dense, result)
-    if module is not None:
-        example, trace = _run_example(module, options, checkpoint)
-        result.model = Model(module, example, origin, trace)
-        if options.input_shape is None:
-            result.notes.append(f"example input {tuple(example.shape)} inferred from the first layer (set --input-shape)")
+    try:
+        module, origin = _runnable_module(checkpoint, dense, result)
+        if module is not None:
+            example, trace = _run_example(module, options, checkpoint)
+            result.model = Model(module, example, origin, trace)
+            if options.input_shape is None:
+                result.notes.append(f"example input {tuple(example.shape)} inferred from the first layer (set --input-shape)")
+    except AnalyzerError:
+        raise
+    except Exception as e:  # a module tree a pickle left inconsistent: analyse it statically
+        result.model = None
+        result.notes.append(f"the model could not be run ({type(e).__name__}: {' '.join(str(e).split())[:200]}); checks that need it were skipped")
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 
 from .trace import Trace
@@ -12,12 +13,21 @@ __all__ = ["layer_macs", "model_macs"]
 
 
 def layer_macs(module: nn.Module, output_shape: tuple[int, ...]) -> int:
-    """MACs per sample of a conv or linear layer producing `output_shape` (batch first); 0 for others."""
+    """MACs per sample of a conv or linear layer producing `output_shape` (batch first); 0 for others.
+
+    Read from the weight's shape — (out, in/groups, *kernel), (out, in) — rather than the
+    module's attributes, which a pickle can leave out."""
     per_sample = math.prod(output_shape[1:]) if len(output_shape) > 1 else 0
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return per_sample * module.in_features
+    weight = module.__dict__.get("_parameters", {}).get("weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return 0
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # (in, out/groups, *k): each output element gathers in/groups * k/stride products.
+        groups = getattr(module, "groups", 1) or 1
+        stride = math.prod(getattr(module, "stride", (1,)) or (1,))
+        return per_sample * (weight.shape[0] // groups) * math.prod(weight.shape[2:]) // max(stride, 1)
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        return per_sample * math.prod(weight.shape[1:])
     return 0
 
 

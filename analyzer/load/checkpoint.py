@@ -84,9 +84,15 @@ class Checkpoint:
 
     @property
     def runnable(self) -> bool:
+        """A module tree of real classes with every table a module needs: safe to run."""
+        from .extract import tolerant_named_modules
         from .placeholder import Placeholder
 
-        return self.module is not None and not any(isinstance(m, Placeholder) for m in self.module.modules())
+        if self.module is None:
+            return False
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return True  # loaded with --trust by torch.jit.load
+        return all(not isinstance(m, Placeholder) and _has_tables(m) for _, m in tolerant_named_modules(self.module))
 
     def effective(self, name: str) -> torch.Tensor:
         """The tensor as the model computes with it: masks applied."""
@@ -100,3 +106,14 @@ class Checkpoint:
         effective_of_orig = {pair.orig: name for name, pair in self.masks.items()}
         masks = {pair.mask for pair in self.masks.values()}
         return [effective_of_orig.get(n, n) for n in self.tensors if n not in masks]
+
+
+_MODULE_TABLES = ("_parameters", "_buffers", "_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+
+
+def _has_tables(module: nn.Module) -> bool:
+    state = module.__dict__
+    if not all(isinstance(state.get(table), dict) for table in _MODULE_TABLES):
+        return False
+    tensors_ok = all(v is None or isinstance(v, torch.Tensor) for v in (*state["_parameters"].values(), *state["_buffers"].values()))
+    return tensors_ok and all(isinstance(m, nn.Module) or m is None for m in state["_modules"].values())

@@ -93,15 +93,33 @@ def _from_chosen_key(obj: Any, key: str) -> Extracted:
 
 
 def _from_module(module: nn.Module) -> Extracted:
+    if isinstance(module, torch.jit.ScriptModule):
+        return _from_script_module(module)
+    tensors: dict[str, torch.Tensor] = {}
+    buffers: set[str] = set()
+    module_types: dict[str, str] = {}
+    for prefix, sub in tolerant_named_modules(module):
+        module_types[prefix] = class_name(sub)
+        dot = f"{prefix}." if prefix else ""
+        for name, param in _own_items(sub, "_parameters"):
+            tensors.setdefault(dot + name, param)
+        for name, buf in _own_items(sub, "_buffers"):
+            tensors.setdefault(dot + name, buf)
+            buffers.add(dot + name)
+    return Extracted(tensors, "full-module", module=module, module_types=module_types, buffers=buffers)
+
+
+def _from_script_module(module: torch.jit.ScriptModule) -> Extracted:
+    """A TorchScript module loaded with --trust: its tables live in C++, read through its API."""
     tensors: dict[str, torch.Tensor] = {}
     buffers: set[str] = set()
     module_types: dict[str, str] = {}
     for prefix, sub in module.named_modules():
         module_types[prefix] = class_name(sub)
         dot = f"{prefix}." if prefix else ""
-        for name, param in _own_items(sub, "_parameters"):
+        for name, param in sub.named_parameters(recurse=False):
             tensors.setdefault(dot + name, param)
-        for name, buf in _own_items(sub, "_buffers"):
+        for name, buf in sub.named_buffers(recurse=False):
             tensors.setdefault(dot + name, buf)
             buffers.add(dot + name)
     return Extracted(tensors, "full-module", module=module, module_types=module_types, buffers=buffers)
@@ -126,6 +144,22 @@ def _from_tp_state_dict(obj: Mapping[str, Any]) -> Extracted:
             if isinstance(sub, nn.Module):
                 module_types[dot + child] = class_name(sub)
     return Extracted(tensors, "tp-state-dict", module_types=module_types, buffers=buffers)
+
+
+def tolerant_named_modules(module: nn.Module, prefix: str = "", seen: set[int] | None = None, depth: int = 0) -> Iterator[tuple[str, nn.Module]]:
+    """named_modules() that reads `_modules` from the instance dict, so a module tree a
+    crafted pickle left without its tables (or with cycles) is walked, never crashed on."""
+    seen = set() if seen is None else seen
+    if id(module) in seen or depth > _MAX_DEPTH:
+        return
+    seen.add(id(module))
+    yield prefix, module
+    children = module.__dict__.get("_modules")
+    if not isinstance(children, dict):
+        return
+    for name, child in children.items():
+        if isinstance(child, nn.Module):
+            yield from tolerant_named_modules(child, f"{prefix}.{name}" if prefix else str(name), seen, depth + 1)
 
 
 def _own_items(module: nn.Module, table: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -199,7 +233,11 @@ def _strip_prefixes(extracted: Extracted) -> Extracted:
         if k.startswith(stripped) or k == wrapper
     }
     if extracted.module is not None:
-        extracted.module = extracted.module.get_submodule(stripped.rstrip("."))
+        node: object = extracted.module
+        for part in stripped.rstrip(".").split("."):
+            children = getattr(node, "__dict__", {}).get("_modules")
+            node = children.get(part) if isinstance(children, dict) else None
+        extracted.module = node if isinstance(node, nn.Module) else None
     extracted.stripped_prefix = stripped
     return extracted
 

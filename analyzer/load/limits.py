@@ -95,7 +95,7 @@ def _deadline(seconds: float | None, path: object) -> Iterator[None]:
         return
 
     def expire(signum: int, frame: object) -> None:
-        raise LoadTimeout(f"{path}: reading it took longer than {seconds:.0f} s; refused (a crafted file, or a very slow disk)")
+        raise LoadTimeout(f"{path}: reading it took longer than {seconds:.3g} s; refused (a crafted file, or a very slow disk)")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

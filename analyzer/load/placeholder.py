@@ -7,6 +7,7 @@ own classes are unknown still yields a module tree with its parameters and buffe
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import torch.nn as nn
@@ -71,10 +72,10 @@ class Placeholder(nn.Module):
 
 def make_placeholder(module: str, name: str) -> type[Placeholder]:
     """A new placeholder class standing for `module.name` (`module()` for a call's result)."""
-    qualname = name.rpartition(".")[2] or "Unnamed"
+    qualname = re.sub(r"\W", "_", name.rpartition(".")[2]) or "Unnamed"
     target = f"{module}{name}" if name == "()" else f"{module}.{name}"
     return type(
-        qualname if qualname != "()" else "CallResult",
+        qualname if name != "()" else "CallResult",
         (Placeholder,),
         {"_placeholder_for": target, "__module__": "analyzer.placeholders"},
     )

@@ -28,6 +28,7 @@ import torch
 from ..errors import InputError
 from .legacy import load_legacy
 from .pickle_scan import GlobalRef, PickleScanError, scan_globals
+from .sniff import ZIP_ERRORS
 from .policy import GlobalKind, GlobalPolicy, ResolvedGlobal
 from .unpickler import restricted_load
 
@@ -163,7 +164,7 @@ def _restricted(load: Any, path: Path) -> Any:
         if "allocate" in str(e):
             raise InputError(f"{path}: the pickle asks for more memory than the file could ever hold; refused ({_first_line(e)})") from e
         raise InputError(f"{path}: the pickle could not be read safely (RuntimeError: {_first_line(e)})") from e
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError, struct.error) as e:
         raise InputError(f"{path}: the pickle could not be read safely ({type(e).__name__}: {_first_line(e)})") from e
 
 
@@ -204,8 +205,12 @@ def _torch_load(path: Path, weights_only: bool, mmap_tensors: bool) -> Any:
             return torch.load(path, weights_only=weights_only, mmap=mmap_tensors, map_location="cpu")
     except pickle.UnpicklingError:
         raise
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as e:
+    except RuntimeError as e:
+        if "allocate" in str(e):
+            raise InputError(f"{path}: the file asks for more memory than it could ever hold; refused ({_first_line(e)})") from e
         raise InputError(f"{path}: torch.load failed on a damaged or incomplete file ({_first_line(e)})") from e
+    except (EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError, AssertionError) as e:
+        raise InputError(f"{path}: torch.load failed on a damaged or incomplete file ({type(e).__name__}: {_first_line(e)})") from e
 
 
 def _scan_zip_pickle(path: Path) -> list[GlobalRef]:
@@ -233,7 +238,7 @@ def _scan_zip_pickle(path: Path) -> list[GlobalRef]:
                 with archive.open(info):
                     pass
             data = archive.read(pickles[0])
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise InputError(f"{path}: a damaged or inconsistent zip archive ({e})") from e
     return _scan(io.BytesIO(data), path)
 

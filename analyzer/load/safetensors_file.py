@@ -31,7 +31,6 @@ class SafetensorsStore(TensorStore):
     may_share_storage = False
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self._path = path
         self._header = {k: v for k, v in header.items() if k != "__metadata__"}
         self._handle = safe_open(str(path), framework="pt", device="cpu")
 

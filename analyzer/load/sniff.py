@@ -11,14 +11,20 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["Format", "sniff"]
+__all__ = ["Format", "sniff", "ZIP_ERRORS"]
+
+#: What Python's zipfile raises on archives it cannot read: damaged, encrypted, a
+#: compression or feature it does not implement, a name that is not UTF-8.
+ZIP_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+    UnicodeDecodeError, ValueError,
+)
 
 # torch's legacy (pre-1.6) files begin with a protocol-2 pickle of this 10-byte long.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _PICKLE_PROTOCOL_OPCODE = 0x80
 # Opcodes a protocol 0/1 pickle can start with: MARK, EMPTY_DICT/LIST/TUPLE, GLOBAL, ...
 _OLD_PICKLE_FIRST_BYTES = set(b"(}]).cNIFSVLGJKMTUX\x8c")
-_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
 _COMPRESSED: list[tuple[bytes, str, str]] = [
     (b"\x1f\x8b", "gzip", "gunzip"),
@@ -86,7 +92,7 @@ def _sniff_zip(path: Path) -> Format:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
+    except ZIP_ERRORS as e:
         raise InputError(f"{path}: a damaged or truncated zip archive ({e}); {EXPECTED}") from e
     if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
         return Format.TORCHSCRIPT
@@ -97,10 +103,12 @@ def _sniff_zip(path: Path) -> Format:
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    # An 8-byte little-endian length, then a JSON object. A length that is too large or
+    # longer than the file still marks safetensors: the reader says what is wrong with it.
     if len(head) < 9:
         return False
     (header_len,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 2 <= header_len <= min(size - 8, _SAFETENSORS_MAX_HEADER)
+    return head[8:9] == b"{" and header_len >= 2
 
 
 def _ends_like_pickle(path: Path) -> bool:

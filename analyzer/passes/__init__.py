@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import AnalyzerError
 from ..report.model import Finding
 from . import channels, fit, forward, heads, masks, pickle_safety, profiled, residual, sparsity, tensor_health
 from .context import AnalysisOptions, PassContext, PassSkipped
@@ -42,4 +43,8 @@ def run_passes(ctx: PassContext, passes: tuple[tuple[str, Pass], ...] = PASSES) 
             findings.extend(run(ctx))
         except PassSkipped as reason:
             skipped.append(f"{name}: {reason}")
+        except AnalyzerError:
+            raise
+        except Exception as e:  # a malformed model must cost one check, not the report
+            skipped.append(f"{name}: could not run on this input ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
     return findings, skipped
