@@ -23,11 +23,11 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 from rich.console import Console
 from rich.rule import Rule
-from rich.table import Table
 
 from .api import analyze
 from .report.model import Report
 from .report.render_rich import RenderOptions, render
+from .report.rich_compare import comparison_table
 
 __all__ = ["DemoCase", "DEMO_CASES", "make_demo_checkpoints", "run_demo"]
 
@@ -40,6 +40,8 @@ class DemoCase:
     story: str
     make: Callable[[Path], None]
     analyze_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Also show --compact on this one.
+    compact: bool = False
 
 
 def _torch_pruned(model: nn.Module, ratio: float, ignored: list[nn.Module], round_to: int | None = None) -> nn.Module:
@@ -154,6 +156,7 @@ DEMO_CASES: tuple[DemoCase, ...] = (
         "ResNet-18 after prune.ln_structured(dim=0, 30%) + prune.remove: filters zeroed, not removed",
         _make_ln_structured,
         {"arch": "analyzer.zoo:resnet18", "input_shape": _EXAMPLE_INPUT},
+        compact=True,
     ),
     DemoCase("custom_class_gone.pth", "a full-model pickle whose class (mynets_demo.C2f_v2) is not importable here", _make_class_gone),
     DemoCase("payload.pth", "a checkpoint carrying an os.system payload in its pickle", _make_payload),
@@ -179,22 +182,15 @@ def run_demo(console: Console) -> int:
         for case, path in zip(DEMO_CASES, paths):
             console.print(Rule(f"[bold]{case.filename}[/]"))
             console.print(f"[dim]{case.story}[/]")
-            report = analyze(path, **case.analyze_kwargs)
+            compact_to = path.with_name(path.stem + ".compact.pth") if case.compact else None
+            report = analyze(path, **case.analyze_kwargs, compact_to=compact_to)
             render(report, console, RenderOptions(show_layers=False))
             results.append((case, report))
         payload_ran = any(folder.glob("*.PAYLOAD-RAN"))
     console.print(Rule("[bold]summary[/]"))
-    console.print(_summary_table(results))
+    console.print(comparison_table([report for _, report in results]))
     console.print(
         "The payload never ran (no sentinel file was created)." if not payload_ran else "[bold red]The payload ran![/]"
     )
     console.print("Next: [bold]analyze your_model.pth[/] (add [bold]--json report.json[/] for machines).")
     return 0
-
-
-def _summary_table(results: list[tuple[DemoCase, Report]]) -> Table:
-    table = Table("checkpoint", "params", "non-zero", "findings")
-    for case, report in results:
-        kinds = ", ".join(f"{f.kind} ({f.severity.value})" for f in report.findings) or "none"
-        table.add_row(case.filename, f"{report.summary.params:,}", f"{report.summary.nonzero_params:,}", kinds)
-    return table
