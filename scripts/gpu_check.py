@@ -13,7 +13,6 @@ did not really run (no CUDA, no NVML samples, or timing not done with CUDA event
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path

@@ -21,3 +21,40 @@ class SmallNet(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(x.mean((2, 3)))
+
+
+def magnitude_prune(
+    model: nn.Module,
+    example: torch.Tensor | tuple[int, ...],
+    ratio: float,
+    ignored: list[nn.Module],
+    round_to: int | None = None,
+) -> nn.Module:
+    """torch-pruning's MetaPruner with L2 magnitude importance, as users call it; prunes in place."""
+    import warnings
+
+    import torch_pruning as tp
+
+    example = example if isinstance(example, torch.Tensor) else torch.randn(example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=ignored,
+            round_to=round_to,
+        ).step()
+    return model
+
+
+def layer_width(module: nn.Module) -> int | None:
+    """Output channels of a conv, BatchNorm or linear layer."""
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.BatchNorm2d):
+        return module.num_features
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return None

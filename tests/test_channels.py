@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
-import torch_pruning as tp
 
 from analyzer import api
 from analyzer.report.model import Finding, Report, Severity
 from analyzer.zoo import resnet18
+
+from .models import layer_width, magnitude_prune
 
 ARCH = "analyzer.zoo:resnet18"
 SHAPE = (1, 3, 32, 32)
@@ -44,14 +44,7 @@ def _zero_rows(weight: torch.Tensor) -> set[int]:
     return set(torch.nonzero((weight.detach().reshape(weight.shape[0], -1) == 0).all(1)).flatten().tolist())
 
 
-def _width(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels
-    if isinstance(module, nn.BatchNorm2d):
-        return module.num_features
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    return None
+_width = layer_width
 
 
 def _params(model: nn.Module) -> int:
@@ -70,19 +63,7 @@ def dense_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _metapruned(round_to: int | None) -> nn.Module:
     model = _resnet18()
-    kwargs = {"round_to": round_to} if round_to else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruner = tp.pruner.MetaPruner(
-            model,
-            torch.randn(SHAPE),
-            importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=0.3,
-            ignored_layers=[model.fc],
-            **kwargs,
-        )
-        pruner.step()
-    return model.eval()
+    return magnitude_prune(model, SHAPE, 0.3, [model.fc], round_to=round_to).eval()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import pickle
 import sys
 import textwrap
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from analyzer.errors import BuildError, UsageError
 from analyzer.loading import load_pruned
 from analyzer.report.model import Finding, Report, Severity
 from analyzer.zoo import resnet18, resnet34, resnet50, retinaface_mnet
+
+from .models import layer_width, magnitude_prune
 
 FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "resnet18": resnet18,
@@ -59,17 +60,7 @@ def _ignored(model: nn.Module) -> list[nn.Module]:
 
 
 def _metaprune(model: nn.Module, shape: tuple[int, ...], ratio: float) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruner = tp.pruner.MetaPruner(
-            model,
-            torch.randn(shape),
-            importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=ratio,
-            ignored_layers=_ignored(model),
-        )
-        pruner.step()
-    return model.eval()
+    return magnitude_prune(model, shape, ratio, _ignored(model)).eval()
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -100,14 +91,7 @@ def _widths(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return widths
 
 
-def _out_width(m: nn.Module) -> int | None:
-    if isinstance(m, nn.Conv2d):
-        return m.out_channels
-    if isinstance(m, nn.BatchNorm2d):
-        return m.num_features
-    if isinstance(m, nn.Linear):
-        return m.out_features
-    return None
+_out_width = layer_width
 
 
 def _expected_kept(pruned: nn.Module, dense: nn.Module) -> dict[str, list[int]]:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from analyzer import analyze, load_checkpoint
 from analyzer.load import Format
 
-from .models import SmallNet
+from .models import SmallNet, magnitude_prune
 
 
 def _param_count(model: nn.Module) -> int:
@@ -221,11 +221,7 @@ def test_prune_masks_are_read_as_effective_weight(tmp_path: Path, small_net: Sma
 
 
 def test_torch_pruning_tp_state_dict(tmp_path: Path, small_net: SmallNet) -> None:
-    pruner = tp.pruner.MetaPruner(
-        small_net, torch.randn(1, 3, 8, 8), importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=0.5, ignored_layers=[small_net.fc],
-    )
-    pruner.step()
+    magnitude_prune(small_net, (1, 3, 8, 8), 0.5, [small_net.fc])
     path = tmp_path / "tp.pth"
     torch.save(tp.state_dict(small_net), path)
     ckpt = load_checkpoint(path)
@@ -240,10 +236,7 @@ def test_torch_pruning_full_model(tmp_path: Path) -> None:
     from analyzer.zoo import resnet18
 
     model = resnet18(num_classes=10).eval()
-    tp.pruner.MetaPruner(
-        model, torch.randn(1, 3, 32, 32), importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=0.3, ignored_layers=[model.fc],
-    ).step()
+    magnitude_prune(model, (1, 3, 32, 32), 0.3, [model.fc])
     path = tmp_path / "pruned_full.pth"
     torch.save(model, path)
     report = analyze(path)

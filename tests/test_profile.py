@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from analyzer import api
 from analyzer.diagnose import (
@@ -55,7 +54,7 @@ from analyzer.profile.timing import CpuTimer, Samples, measure_interleaved
 from analyzer.report.model import Finding, Report
 from analyzer.zoo import resnet18
 
-from .models import SmallNet
+from .models import SmallNet, magnitude_prune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -639,9 +638,7 @@ def test_deep_tiny_convs_give_no_speedup_and_overhead_bound(one_thread: None) ->
     pruned = _conv_stack(32)
     pruned.load_state_dict(dense.state_dict())
     example = torch.randn(1, 3, 8, 8)
-    tp.pruner.MetaPruner(
-        pruned, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=[pruned[-1]]
-    ).step()
+    magnitude_prune(pruned, example, 0.5, [pruned[-1]])
     assert pruned[0].out_channels == 16 and pruned[3].in_channels == 16 and pruned[-1].in_features == 16
     weights_before = {k: v.clone() for k, v in dense.state_dict().items()}
 
@@ -721,10 +718,7 @@ def test_depthwise_and_batchnorm_model_is_memory_bound(one_thread: None) -> None
 def pruned_resnet18(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = resnet18().eval()
-    tp.pruner.MetaPruner(
-        model, torch.randn(1, 3, 64, 64), importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=0.5, ignored_layers=[model.fc], round_to=8,
-    ).step()
+    magnitude_prune(model, (1, 3, 64, 64), 0.5, [model.fc], round_to=8)
     path = tmp_path_factory.mktemp("profile") / "resnet18_pruned.pth"
     torch.save(model.state_dict(), path)
     return path
@@ -773,9 +767,7 @@ def test_profile_without_a_runnable_model_is_said_not_crashed(pruned_resnet18: P
 def pruned_small(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = SmallNet().eval()
-    tp.pruner.MetaPruner(
-        model, torch.randn(1, 3, 32, 32), importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=[model.fc]
-    ).step()
+    magnitude_prune(model, (1, 3, 32, 32), 0.5, [model.fc])
     path = tmp_path / "small_pruned.pth"
     torch.save(model.state_dict(), path)
     return path

@@ -20,7 +20,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,7 +51,7 @@ from analyzer.report.render_rich import RenderOptions, render, render_many
 from analyzer.report.verdict import PRIORITY, verdict
 from analyzer.zoo import resnet18
 
-from .models import SmallNet
+from .models import SmallNet, magnitude_prune
 
 GOLDEN_DIR = Path(__file__).parent / "test_output"
 SCHEMA_PATH = Path(analyzer.__file__).parent / "report_schema.json"
@@ -169,20 +168,10 @@ def _save_ln_structured(path: Path) -> Path:
 
 def _save_tp_pruned(path: Path) -> Path:
     """ResNet-18 with 30% of its channels really removed by torch-pruning (state dict)."""
-    import torch_pruning as tp
 
     torch.manual_seed(0)
     model = resnet18().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruner = tp.pruner.MetaPruner(
-            model,
-            torch.randn(SHAPE),
-            importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=0.3,
-            ignored_layers=[model.fc],
-        )
-        pruner.step()
+    magnitude_prune(model, SHAPE, 0.3, [model.fc])
     torch.save(model.state_dict(), path)
     return path
 

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from analyzer import api
 from analyzer.build.graph import trace_graph
 from analyzer.report.model import Finding, Report, Severity
 from analyzer.zoo import multibox_loss, prior_boxes, resnet18, retinaface_mnet
+
+from .models import magnitude_prune
 
 RETINA_ARCH = "analyzer.zoo:retinaface_mnet"
 RESNET_ARCH = "analyzer.zoo:resnet18"
@@ -75,17 +76,7 @@ def _targets(batch: int) -> list[torch.Tensor]:
     return [faces.clone() for _ in range(batch)]
 
 
-def _metaprune(model: nn.Module, example: torch.Tensor, ratio: float, ignored: list[nn.Module]) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tp.pruner.MetaPruner(
-            model,
-            example,
-            importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=ratio,
-            ignored_layers=ignored,
-        ).step()
-    return model
+_metaprune = magnitude_prune
 
 
 def _pruned_retinaface(case: str) -> nn.Module:
