@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .build import BuildOptions, build, parse_input_shape
 from .compact import compact
 from .errors import UsageError
 from .layers import build_layers
 from .load import LoadOptions, load_checkpoint
+from .load.limits import Limits, enforced, limits_for
 from .passes import AnalysisOptions, PassContext, run_passes
 from .profile import ProfileOptions, ProfileResult, profile_models
 from .progress import NullProgress, Progress
@@ -61,7 +63,7 @@ def analyze(
     with progress.stage(f"reading {Path(path).name}"):
         checkpoint = load_checkpoint(Path(path), load_options)
     build_options = BuildOptions(arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape)
-    with progress.stage("building and running the model"):
+    with progress.stage("building and running the model"), _memory_bounded(checkpoint.file_size, checkpoint.path):
         built = build(checkpoint, build_options, load_options)
     ctx = PassContext(
         checkpoint=checkpoint,
@@ -77,12 +79,12 @@ def analyze(
         options = profile_options or ProfileOptions(device=device, batches=tuple(batches))
         with progress.stage("profiling"):
             ctx.profile, ctx.profile_skipped = _profile(ctx, options)
-    with progress.stage("checking"):
+    with progress.stage("checking"), _memory_bounded(checkpoint.file_size, checkpoint.path):
         findings, not_analysed = run_passes(ctx)
     report = build_report(ctx, findings, not_analysed)
     report.profile = ctx.profile.to_dict() if ctx.profile else None
     if compact_to is not None:
-        with progress.stage("compacting"):
+        with progress.stage("compacting"), _memory_bounded(checkpoint.file_size, checkpoint.path):
             report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, findings).to_dict()
     return report
 
@@ -98,6 +100,17 @@ def _compact(
     unstructured = next((f.evidence.get("sparsity_overall") for f in findings if f.kind == "unstructured-sparsity"), None)
     recipe = arch if model.origin != "checkpoint" else None
     return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured, len(ctx.checkpoint.masks))
+
+
+def _memory_bounded(file_size: int, path: Path) -> Any:
+    """Running a model from a file is bounded like reading it: its layers' attributes come
+    from the file too (a crafted Upsample factor or padding must fail, not exhaust memory).
+    Memory only: a large model may legitimately take long; CUDA (profiling) is never under it."""
+    limits = limits_for(file_size)
+    return enforced(Limits(memory_bytes=(limits.memory_bytes or 0) + 2 * _GB, seconds=None), path)
+
+
+_GB = 1 << 30
 
 
 def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult | None, str | None]:

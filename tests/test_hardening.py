@@ -1052,3 +1052,19 @@ def test_global_with_a_nul_in_its_name_is_reported(folder: Path, tmp_path: Path)
     [finding] = [f for f in outcome.report.findings if f.kind == "unsafe-pickle"]
     assert finding.evidence["globals"] == ["mod.na\x00me"]
     guard.check()
+
+
+def test_running_a_crafted_model_is_memory_bounded(tmp_path: Path) -> None:
+    # The layers' attributes come from the file: an Upsample factor of 2000 asks ~58 GB on
+    # the first forward. It must fail under the analyzer's own limit, as a finding.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2000.0))
+    path = tmp_path / "upsample.pth"
+    torch.save(model, path)
+    limits_before = resource.getrlimit(resource.RLIMIT_AS)
+    start = time.perf_counter()
+    report = analyze(path, input_shape=(1, 3, 32, 32))
+    assert time.perf_counter() - start < TIME_BOUND_S
+    assert resource.getrlimit(resource.RLIMIT_AS) == limits_before
+    [failure] = [f for f in report.findings if f.kind == "forward-failure"]
+    assert failure.modules == ["1"]
+    assert "allocate" in failure.message
