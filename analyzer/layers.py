@@ -13,7 +13,7 @@ import torch
 
 from .load import Checkpoint
 
-__all__ = ["Layer", "build_layers", "BUFFER_NAMES"]
+__all__ = ["Layer", "build_layers", "neighbour_names", "BUFFER_NAMES"]
 
 #: Last name components that are buffers, not parameters, when no module says otherwise.
 BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
@@ -55,6 +55,21 @@ class Layer:
             return None
         # ConvTranspose stores (in, out/groups, *k); groups are rarely >1 there.
         return shape[1] if self.type.startswith("ConvTranspose") and len(shape) > 1 else shape[0]
+
+
+def neighbour_names(name: str, forward: bool) -> list[str]:
+    """Where a BatchNorm sits next to its conv: conv1/bn1, cv1.conv/cv1.bn, seq.0/seq.1.
+    forward: the names after a conv; otherwise the names before a BatchNorm."""
+    parent, _, last = name.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    names = []
+    swaps = (("conv", "bn"), ("Conv", "BN")) if forward else (("bn", "conv"), ("BN", "Conv"))
+    for old, new in swaps:
+        if old in last:
+            names.append(prefix + last.replace(old, new))
+    if last.isdigit():
+        names.append(prefix + str(int(last) + (1 if forward else -1)))
+    return names
 
 
 def build_layers(checkpoint: Checkpoint) -> list[Layer]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .coupling import ChannelGroup
+from .layers import neighbour_names
 
 __all__ = [
     "ChannelRange",
@@ -170,10 +171,7 @@ def constant_unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
 
 def batchnorm_after(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
     """The BatchNorm that directly follows layer `name` (conv1 → bn1, seq.0 → seq.1)."""
-    parent, _, last = name.rpartition(".")
-    prefix = f"{parent}." if parent else ""
-    candidates = [prefix + last.replace("conv", "bn")] + ([prefix + str(int(last) + 1)] if last.isdigit() else [])
-    for candidate in candidates:
+    for candidate in neighbour_names(name, forward=True):
         module = modules.get(candidate)
         if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
             return module

@@ -18,7 +18,7 @@ from ..build import Reference
 from ..build.macs import model_macs
 from ..coupling import ChannelGroup, coupled_groups
 from ..silence import channel_fates, consumer_ranges, probe_inputs, silenced_by_producer
-from ..layers import Layer
+from ..layers import Layer, neighbour_names
 from ..patterns import BatchNormPattern, WeightPattern
 from ..report.model import Finding, Severity
 from .context import PassContext, PassSkipped
@@ -171,7 +171,7 @@ def _zeroed_per_layer(ctx: PassContext) -> dict[str, _Silenced]:
 
 
 def _batchnorm_after(layer: Layer, layers: dict[str, Layer]) -> Layer | None:
-    for name in _neighbour_names(layer.name, forward=True):
+    for name in neighbour_names(layer.name, forward=True):
         candidate = layers.get(name)
         if candidate is not None and candidate.is_batchnorm and candidate.shape and layer.shape and candidate.shape[0] == layer.out_width():
             return candidate
@@ -179,25 +179,11 @@ def _batchnorm_after(layer: Layer, layers: dict[str, Layer]) -> Layer | None:
 
 
 def _producer_before(bn: Layer, layers: dict[str, Layer]) -> Layer | None:
-    for name in _neighbour_names(bn.name, forward=False):
+    for name in neighbour_names(bn.name, forward=False):
         candidate = layers.get(name)
         if candidate is not None and (candidate.is_conv or candidate.is_linear) and candidate.shape and bn.shape and candidate.out_width() == bn.shape[0]:
             return candidate
     return None
-
-
-def _neighbour_names(name: str, forward: bool) -> list[str]:
-    """Names a BatchNorm has next to its conv: conv1/bn1, cv1.conv/cv1.bn, seq.0/seq.1."""
-    parent, _, last = name.rpartition(".")
-    prefix = f"{parent}." if parent else ""
-    names = []
-    swaps = (("conv", "bn"), ("Conv", "BN")) if forward else (("bn", "conv"), ("BN", "Conv"))
-    for old, new in swaps:
-        if old in last:
-            names.append(prefix + last.replace(old, new))
-    if last.isdigit():
-        names.append(prefix + str(int(last) + (1 if forward else -1)))
-    return names
 
 
 def _groups(ctx: PassContext) -> tuple[list[ChannelGroup] | None, str]:

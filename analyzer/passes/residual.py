@@ -13,7 +13,7 @@ import re
 
 from ..build.graph import BINARY_OPS, CAT_OPS, OpRecord
 from ..coupling import coupled_groups
-from ..layers import Layer
+from ..layers import Layer, neighbour_names
 from ..report.model import Finding, Severity
 from .context import PassContext
 
@@ -163,8 +163,7 @@ def _prunable_layer(ctx: PassContext, module: str) -> str:
     layer = layers.get(module)
     if layer is not None and layer.is_conv:
         return module
-    parent, _, last = module.rpartition(".")
-    for candidate in (f"{parent}.{last.replace('bn', 'conv')}", f"{parent}.{int(last) - 1}" if last.isdigit() else ""):
+    for candidate in neighbour_names(module, forward=False):
         if candidate in layers and layers[candidate].is_conv:
             return candidate
     return module
