@@ -101,9 +101,7 @@ def _is_buffer(checkpoint: Checkpoint, name: str, local: str) -> bool:
 def _set_shape_and_type(checkpoint: Checkpoint, layer: Layer) -> None:
     main = layer.params.get("weight") or next(iter(layer.params.values()), None)
     if main is not None:
-        source = checkpoint.masks[main].orig if main in checkpoint.masks else main
-        shape, dtype = checkpoint.tensors.meta(source)
-        layer.shape, layer.dtype = shape, dtype
+        layer.shape, layer.dtype = checkpoint.meta(main)
     module_type = checkpoint.module_types.get(layer.name)
     if module_type:
         layer.type, layer.type_source = module_type, "module"

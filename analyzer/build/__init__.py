@@ -130,7 +130,7 @@ def _first_mismatches(fit: FitReport | None) -> str:
 def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Module | None) -> Reference | None:
     if options.baseline:
         baseline = load_checkpoint(Path(options.baseline), load_options)
-        shapes = {name: baseline.tensors.meta(baseline.masks[name].orig if name in baseline.masks else name)[0] for name in baseline.effective_names()}
+        shapes = {name: baseline.meta(name)[0] for name in baseline.effective_names()}
         module = baseline.module if baseline.runnable else (copy.deepcopy(dense) if dense is not None else None)
         return Reference(f"--baseline {options.baseline}", shapes, dict(baseline.module_types), module)
     if dense is not None:
@@ -142,7 +142,7 @@ def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Modul
 
 def _check_reference(checkpoint: Checkpoint, reference: Reference) -> None:
     """A reference only serves for width comparisons when the checkpoint is it, or a pruned copy of it."""
-    fit = compare(reference.shapes, {name: _shape(checkpoint, name) for name in checkpoint.effective_names()})
+    fit = compare(reference.shapes, {name: checkpoint.meta(name)[0] for name in checkpoint.effective_names()})
     if fit.cause not in (None, PRUNED):
         reference.matches = False
         reference.mismatch = fit.cause
@@ -156,7 +156,7 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
     model = copy.deepcopy(dense)
     if checkpoint.tp_state is not None:
         return _tp_load(model, checkpoint, result)
-    shapes = {name: _shape(checkpoint, name) for name in checkpoint.effective_names()}
+    shapes = {name: checkpoint.meta(name)[0] for name in checkpoint.effective_names()}
     fit = result.fit = compare(model, shapes)
     if not fit.fits:
         if fit.cause != PRUNED:
@@ -181,11 +181,6 @@ def _tp_load(model: nn.Module, checkpoint: Checkpoint, result: Build) -> tuple[n
         result.notes.append("tp.load_state_dict brought in placeholder modules (classes not loaded): not runnable")
         return None, ""
     return model.eval(), "tp.load_state_dict"
-
-
-def _shape(checkpoint: Checkpoint, name: str) -> tuple[int, ...]:
-    source = checkpoint.masks[name].orig if name in checkpoint.masks else name
-    return checkpoint.tensors.meta(source)[0]
 
 
 def _load_strict(model: nn.Module, checkpoint: Checkpoint) -> None:

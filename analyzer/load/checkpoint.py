@@ -94,6 +94,15 @@ class Checkpoint:
             return True  # loaded with --trust by torch.jit.load
         return all(not isinstance(m, Placeholder) and _has_tables(m) for _, m in tolerant_named_modules(self.module))
 
+    def stored_name(self, name: str) -> str:
+        """The tensor in the file behind an effective name (`x.weight` → `x.weight_orig` when masked)."""
+        pair = self.masks.get(name)
+        return pair.orig if pair is not None else name
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of an effective tensor, without reading it."""
+        return self.tensors.meta(self.stored_name(name))
+
     def effective(self, name: str) -> torch.Tensor:
         """The tensor as the model computes with it: masks applied."""
         pair = self.masks.get(name)

@@ -64,7 +64,7 @@ def run_removal(ctx: PassContext) -> list[Finding]:
         return []
     kept = sum(k for k, _ in narrower.values())
     original = sum(o for _, o in narrower.values())
-    params_now = sum(math.prod(ctx.checkpoint.tensors.meta(_source(ctx, l.params[p]))[0]) for l in ctx.layers for p in l.params)
+    params_now = sum(math.prod(ctx.checkpoint.meta(l.params[p])[0]) for l in ctx.layers for p in l.params)
     params_ref = sum(math.prod(s) for n, s in reference.shapes.items() if not _is_buffer_name(n))
     return [
         Finding(
@@ -433,10 +433,6 @@ def _out_params_per_channel(ctx: PassContext, layer: Layer) -> int:
     shape = layer.shape or (1,)
     per_channel = math.prod(shape[1:]) if len(shape) > 1 else 1
     return per_channel + (1 if "bias" in layer.params else 0)
-
-
-def _source(ctx: PassContext, name: str) -> str:
-    return ctx.checkpoint.masks[name].orig if name in ctx.checkpoint.masks else name
 
 
 def _is_buffer_name(name: str) -> bool:

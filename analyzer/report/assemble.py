@@ -101,8 +101,7 @@ def _shared_storage(ctx: PassContext) -> tuple[list[str], int]:
         return notes, duplicates
     for layer in ctx.layers:
         for name in layer.params.values():
-            source = checkpoint.masks[name].orig if name in checkpoint.masks else name
-            tensor = checkpoint.tensors[source]
+            tensor = checkpoint.tensors[checkpoint.stored_name(name)]
             if not isinstance(tensor, torch.Tensor) or tensor.is_meta or tensor.is_sparse or tensor.is_quantized:
                 continue
             key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
