@@ -21,7 +21,7 @@ _EXPORTS = {
     "load_checkpoint": "analyzer.load",
     "LoadOptions": "analyzer.load",
     "Checkpoint": "analyzer.load",
-    "load_pruned": "analyzer.loading",
+    "load_pruned": "analyzer.api",
     "assert_clean": "analyzer.pytest_plugin",
     "Report": "analyzer.report.model",
     "Finding": "analyzer.report.model",
@@ -37,10 +37,9 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from .api import analyze
+    from .api import analyze, load_pruned
     from .errors import AnalyzerError, BuildError, InputError, NotRunnableError, UsageError
     from .load import Checkpoint, LoadOptions, load_checkpoint
-    from .loading import load_pruned
     from .pytest_plugin import assert_clean
     from .report.model import Finding, LayerRow, Report, Severity
 

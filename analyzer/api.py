@@ -1,4 +1,4 @@
-"""The library entry point: `analyze(path, ...) -> Report`.
+"""The library entry points: `analyze(path, ...) -> Report` and `load_pruned(path, factory)`.
 
 load → layers → passes → report, in one direction. The CLI is a thin layer over this.
 """
@@ -6,23 +6,26 @@ load → layers → passes → report, in one direction. The CLI is a thin layer
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import BuildOptions, build, parse_input_shape
+import torch.nn as nn
+
+from .model import BuildOptions, build, parse_input_shape, rebuild_pruned
 from .compact import compact
 from .errors import UsageError
-from .layers import build_layers
+from .tensors.layers import build_layers
 from .load import LoadOptions, load_checkpoint
 from .load.limits import Limits, enforced, limits_for
 from .passes import AnalysisOptions, PassContext, run_passes
 from .profile import ProfileOptions, ProfileResult, profile_models
 from .progress import NullProgress, Progress
 from .report.assemble import build_report
-from .report.compaction import CompactionResult
+from .compact.result import CompactionResult
 from .report.model import Finding, Report
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "load_pruned"]
 
 
 def analyze(
@@ -119,7 +122,7 @@ def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult |
         return None, "no runnable model to time (a full-model checkpoint, or --arch for a state dict)"
     if not model.trace.ok:
         return None, "the model fails on its example input, so it cannot be timed"
-    reference = ctx.reference if ctx.reference is not None and ctx.reference.matches else None
+    reference = ctx.matching_reference
     dense = reference.module if reference is not None else None
     result = profile_models(model.module, dense, model.example_input, options, _pruned_layers(ctx))
     return result, None
@@ -127,8 +130,8 @@ def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult |
 
 def _pruned_layers(ctx: PassContext) -> set[str] | None:
     """Layers narrower than the reference or holding zeros; None without a reference."""
-    reference = ctx.reference
-    if reference is None or not reference.matches:
+    reference = ctx.matching_reference
+    if reference is None:
         return None
     pruned = set()
     for layer in ctx.layers:
@@ -139,3 +142,25 @@ def _pruned_layers(ctx: PassContext) -> set[str] | None:
         ):
             pruned.add(layer.name)
     return pruned
+
+
+def load_pruned(
+    path: str | os.PathLike[str],
+    factory: str | Callable[[], nn.Module],
+    *,
+    trust: bool = False,
+    allow_modules: tuple[str, ...] = (),
+    key: str | None = None,
+) -> nn.Module:
+    """Rebuild a pruned model from its checkpoint and the dense architecture's factory.
+
+    `factory` is a callable returning the dense model, or "pkg.module:factory". The
+    layers the checkpoint narrowed are resized to its shapes, the weights are loaded
+    strictly, masks are folded in, and the model is returned in eval mode. A
+    torch-pruning `tp.state_dict` checkpoint is rebuilt with `tp.load_state_dict`.
+    Raises AnalyzerError (BuildError, InputError) when it cannot, saying why.
+
+        model = load_pruned("pruned.pth", torchvision.models.resnet50)
+    """
+    checkpoint = load_checkpoint(Path(path), LoadOptions(trust=trust, allow_modules=tuple(allow_modules), key=key))
+    return rebuild_pruned(checkpoint, factory)

@@ -12,9 +12,9 @@ from rich.console import Console
 
 from . import __version__
 from .api import analyze
-from .build import parse_input_shape
+from .model import parse_input_shape
 from .errors import AnalyzerError, InputError, UsageError
-from .fsutil import atomic_write_text
+from .outputs import atomic_write_text
 from .progress import NullProgress, Progress, RichProgress
 from .report.model import Report, Severity
 from .report.render_json import load_reports, render_json

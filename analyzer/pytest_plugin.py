@@ -34,8 +34,8 @@ def model_benchmark(benchmark: Any) -> Callable[..., Any]:
         import torch
 
         from . import __version__
-        from .build.macs import model_macs
-        from .build.trace import run_traced
+        from .model.macs import model_macs
+        from .model.trace import run_traced
 
         target = torch.device(device)
         model = model.to(target).eval()

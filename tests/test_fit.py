@@ -25,10 +25,10 @@ import torch.nn.utils.prune as prune
 import torch_pruning as tp
 
 from analyzer import api
-from analyzer.build import parse_input_shape
-from analyzer.build.fit import PREFIX, WRONG_ARCH
+from analyzer.model import parse_input_shape
+from analyzer.model.fit import PREFIX, WRONG_ARCH
 from analyzer.errors import BuildError, UsageError
-from analyzer.loading import load_pruned
+from analyzer.api import load_pruned
 from analyzer.report.model import Finding, Report, Severity
 from analyzer.zoo import resnet18, resnet34, resnet50, retinaface_mnet
 

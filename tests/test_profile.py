@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from analyzer import api
-from analyzer.diagnose import (
+from analyzer.profile.diagnose import (
     GPU_BUSY,
     MEMORY_SHARE,
     MIN_FLOP_CUT,

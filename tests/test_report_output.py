@@ -35,7 +35,7 @@ from rich.console import Console
 import analyzer
 from analyzer import analyze
 from analyzer.demo import DEMO_CASES, DemoCase, make_demo_checkpoints
-from analyzer.diagnose import diagnose
+from analyzer.profile.diagnose import diagnose
 from analyzer.profile import MeasureOptions, ProfileOptions
 from analyzer.profile.result import (
     Environment,

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from analyzer import api
-from analyzer.build.graph import trace_graph
+from analyzer.model.graph import trace_graph
 from analyzer.report.model import Finding, Report, Severity
 from analyzer.zoo import multibox_loss, prior_boxes, resnet18, retinaface_mnet
 

@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-import analyzer.patterns as patterns
-from analyzer.patterns import (
+import analyzer.tensors.patterns as patterns
+from analyzer.tensors.patterns import (
     NM_PATTERNS,
     UNSTRUCTURED_MIN,
     BatchNormPattern,

@@ -10,7 +10,20 @@ from collections.abc import Callable
 
 from ..errors import AnalyzerError
 from ..report.model import Finding
-from . import channels, fit, forward, heads, masks, pickle_safety, profiled, residual, sparsity, tensor_health
+from ..profile.diagnose import diagnose
+from . import (
+    channel_removal,
+    forward_failure,
+    head_shape_mismatch,
+    pruning_masks,
+    residual_mismatch,
+    sparsity,
+    state_dict_mismatch,
+    tensor_health,
+    unaligned_channels,
+    unsafe_pickle,
+    zeroed_channels,
+)
 from .context import AnalysisOptions, PassContext, PassSkipped
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "run_passes"]
@@ -18,19 +31,28 @@ __all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "r
 Pass = Callable[[PassContext], list[Finding]]
 
 #: The registry: (name, pass). Names appear in "not analysed" lines.
+def _profile_diagnosis(ctx: PassContext) -> list[Finding]:
+    """no-speedup, overhead-bound, memory-bound: the rules of analyzer/profile/diagnose.py."""
+    if ctx.profile is None:
+        if ctx.profile_skipped:
+            raise PassSkipped(ctx.profile_skipped)
+        return []
+    return diagnose(ctx.profile)
+
+
 PASSES: tuple[tuple[str, Pass], ...] = (
-    ("pickle safety", pickle_safety.run),
-    ("pruning masks", masks.run),
-    ("state dict fit", fit.run),
-    ("forward pass", forward.run),
-    ("residual and concat checks", residual.run),
-    ("detection heads", heads.run),
+    ("pickle safety", unsafe_pickle.run),
+    ("pruning masks", pruning_masks.run),
+    ("state dict fit", state_dict_mismatch.run),
+    ("forward pass", forward_failure.run),
+    ("residual and concat checks", residual_mismatch.run),
+    ("detection heads", head_shape_mismatch.run),
     ("tensor health", tensor_health.run),
     ("zero patterns", sparsity.run),
-    ("zeroed channels", channels.run_zeroed),
-    ("channel removal", channels.run_removal),
-    ("unaligned channels", channels.run_unaligned),
-    ("profile diagnosis", profiled.run),
+    ("zeroed channels", zeroed_channels.run),
+    ("channel removal", channel_removal.run),
+    ("unaligned channels", unaligned_channels.run),
+    ("profile diagnosis", _profile_diagnosis),
 )
 
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..build import Build, Model, Reference
-from ..build.graph import GraphTrace, trace_graph
-from ..layers import Layer
+from ..model import Build, Model, Reference
+from ..model.graph import GraphTrace, trace_graph
+from ..tensors.layers import Layer
 from ..load import Checkpoint
 from ..profile.result import ProfileResult
-from ..patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, dense_pattern, weight_pattern
-from ..scan import TensorStats, tensor_stats
+from ..tensors.patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, dense_pattern, weight_pattern
+from ..tensors.stats import TensorStats, tensor_stats
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
 
@@ -48,6 +48,12 @@ class PassContext:
     @property
     def reference(self) -> Reference | None:
         return self.build.reference
+
+    @property
+    def matching_reference(self) -> Reference | None:
+        """The reference when the checkpoint is it or a pruned copy of it (widths comparable)."""
+        reference = self.build.reference
+        return reference if reference is not None and reference.matches else None
 
     def tensor(self, name: str) -> torch.Tensor:
         """The effective tensor (masks applied)."""

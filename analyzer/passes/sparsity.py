@@ -7,8 +7,8 @@ under conditions the checkpoint usually does not meet yet.
 
 from __future__ import annotations
 
-from ..layers import Layer
-from ..patterns import NM_PATTERNS, UNSTRUCTURED_MIN, WeightPattern
+from ..tensors.layers import Layer
+from ..tensors.patterns import NM_PATTERNS, UNSTRUCTURED_MIN, WeightPattern
 from ..report.model import Finding, Severity
 from .context import PassContext
 

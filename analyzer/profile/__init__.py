@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .calibrate import calibrate
 from .flops import count_flops
-from .layers import time_layers
+from .layer_times import time_layers
 from .nvml import NvmlSampler, start_sampler
 from .result import (
     Environment,

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..layers import Layer
+from ..tensors.layers import Layer
 from ..passes.context import PassContext
-from ..build.macs import model_macs
+from ..model.macs import model_macs
 from .model import Finding, LayerRow, Report, Source, Summary
 from .verdict import verdict
 
@@ -68,7 +68,7 @@ def _row(ctx: PassContext, layer: Layer) -> LayerRow:
     stats = [ctx.stats(name) for name in layer.params.values()]
     known = all(s.nonzero is not None for s in stats)
     pattern = ctx.pattern(layer)
-    reference = ctx.reference if ctx.reference is not None and ctx.reference.matches else None
+    reference = ctx.matching_reference
     reference_shape = reference.shapes.get(layer.weight) if reference and layer.weight else None
     weight_stats = ctx.stats(layer.weight) if layer.weight else None
     return LayerRow(

@@ -37,7 +37,7 @@ def load_reports(text: str, source: str = "report") -> list[Report]:
 def _check_sections(report: Report) -> None:
     """Parse the optional sections now, so that a malformed one fails here, in one line."""
     from ..profile.result import ProfileResult
-    from .compaction import CompactionResult
+    from ..compact.result import CompactionResult
 
     if report.profile is not None:
         ProfileResult.from_dict(report.profile)

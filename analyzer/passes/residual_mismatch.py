@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 
-from ..build.graph import BINARY_OPS, CAT_OPS, OpRecord
-from ..coupling import coupled_groups
-from ..layers import Layer, neighbour_names
+from ..model.graph import BINARY_OPS, CAT_OPS, OpRecord
+from ..model.coupling import coupled_groups
+from ..tensors.layers import Layer, neighbour_names
 from ..report.model import Finding, Severity
 from .context import PassContext
 

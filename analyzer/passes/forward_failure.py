@@ -8,7 +8,7 @@ failure better (residual and head checks) report their own kind for the same mod
 from __future__ import annotations
 
 from ..report.model import Finding, Severity
-from . import residual
+from . import residual_mismatch
 from .context import PassContext
 
 KIND = "forward-failure"
@@ -20,7 +20,7 @@ def run(ctx: PassContext) -> list[Finding]:
         return []
     failure = model.trace.failure
     assert failure is not None
-    if _in_a_head(ctx, failure.module) or residual.explains(ctx):
+    if _in_a_head(ctx, failure.module) or residual_mismatch.explains(ctx):
         return []  # the head and residual checks explain this one
     where = failure.module or "<model>"
     return [
@@ -49,6 +49,6 @@ def run(ctx: PassContext) -> list[Finding]:
 
 
 def _in_a_head(ctx: PassContext, module: str) -> bool:
-    from .heads import detected_heads
+    from .head_shape_mismatch import detected_heads
 
     return any(module == head.conv or head.conv.startswith(module + ".") for head in detected_heads(ctx) if module)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..heads import Head, find_heads
+from ..model.heads import Head, find_heads
 from ..report.model import Finding, Severity
 from .context import PassContext
 
@@ -49,7 +49,7 @@ def run(ctx: PassContext) -> list[Finding]:
 
 def detected_heads(ctx: PassContext) -> list[Head]:
     model = ctx.model
-    reference = ctx.reference if ctx.reference is not None and ctx.reference.matches else None
+    reference = ctx.matching_reference
     module = model.module if model is not None else ctx.checkpoint.module
     conv_outputs = {name: call.outputs[0] for name, call in model.trace.calls.items() if call.outputs} if model else {}
     return find_heads(
@@ -108,8 +108,8 @@ def _output_shapes_differ(ctx: PassContext) -> str | None:
     model, reference = ctx.model, ctx.reference
     if model is None or reference is None or reference.module is None or not model.trace.ok or not reference.matches:
         return None
-    from ..build import run_traced
-    from ..build.trace import tensor_shapes
+    from ..model import run_traced
+    from ..model.trace import tensor_shapes
 
     dense = run_traced(reference.module, model.example_input)
     ours, theirs = tensor_shapes(model.trace.output), tensor_shapes(dense.output)
@@ -166,8 +166,8 @@ def _loss_failure(heads: list[Head]) -> str | None:
 
 def _ratio(ctx: PassContext) -> float:
     """The channel ratio the checkpoint was pruned at, estimated from the reference; 0.5 without one."""
-    reference = ctx.reference
-    if reference is None or not reference.matches:
+    reference = ctx.matching_reference
+    if reference is None:
         return 0.5
     kept = total = 0
     for layer in ctx.layers:

@@ -1,4 +1,4 @@
-"""build: a checkpoint (+ `--arch`, `--baseline`) → a runnable model and a dense reference.
+"""model: a checkpoint (+ `--arch`, `--baseline`) → a runnable model and a dense reference.
 
 The model is the checkpoint's own module tree when it is runnable, or the `--arch`
 factory's dense model fitted to the checkpoint (resized to a pruned state dict, or
@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..errors import AnalyzerError, BuildError, UsageError
 from ..load import Checkpoint, LoadOptions, load_checkpoint
 from ..load.placeholder import Placeholder
-from .arch import build_dense, load_factory, parse_input_shape
+from .factory import build_dense, load_factory, parse_input_shape
 from .fit import PRUNED, FitReport, compare, resize_to
 from .trace import ForwardFailure, ModuleCall, Trace, default_input_shape, run_traced
 

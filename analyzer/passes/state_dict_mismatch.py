@@ -8,7 +8,7 @@ architecture or variant), and the exact code that fixes it.
 
 from __future__ import annotations
 
-from ..build.fit import PREFIX, PRUNED, WRONG_ARCH, FitReport
+from ..model.fit import PREFIX, PRUNED, WRONG_ARCH, FitReport
 from ..report.model import Finding, Severity
 from .context import PassContext
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .load import Checkpoint
+from ..load import Checkpoint
 
 __all__ = ["Layer", "build_layers", "neighbour_names", "BUFFER_NAMES"]
 

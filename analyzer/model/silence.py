@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .coupling import ChannelGroup
-from .layers import neighbour_names
+from ..tensors.layers import neighbour_names
 
 __all__ = [
     "ChannelRange",

@@ -1,10 +1,9 @@
-"""Channel structure: zeroed-but-computed channels, real removal, widths off multiples of 8.
+"""`zeroed-channels`: whole filters (or BatchNorm channels) are zero but still computed.
 
-`zeroed-channels`: whole filters (or BatchNorm channels) are zero but still computed. With
-a runnable model the channels are counted per coupled group (torch-pruning's
+With a runnable model the channels are counted per coupled group (torch-pruning's
 DependencyGraph): a channel of a residual sum is removable only if every branch that
-feeds it is silenced. `channel-removal`: layers really narrower than the reference.
-`unaligned-channels`: widths that are not multiples of 8.
+feeds it is silenced, and what each consumer really receives on it (zero, or a
+constant that can be folded) is observed on probe inputs. Without one, per layer.
 """
 
 from __future__ import annotations
@@ -14,22 +13,18 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..build import Reference
-from ..build.macs import model_macs
-from ..coupling import ChannelGroup, coupled_groups
-from ..silence import channel_fates, consumer_ranges, probe_inputs, silenced_by_producer
-from ..layers import Layer, neighbour_names
-from ..patterns import BatchNormPattern, WeightPattern
+from ..model.macs import model_macs
+from ..model.coupling import ChannelGroup, coupled_groups
+from ..model.silence import channel_fates, consumer_ranges, probe_inputs, silenced_by_producer
+from ..tensors.layers import Layer, neighbour_names
+from ..tensors.patterns import BatchNormPattern, WeightPattern
 from ..report.model import Finding, Severity
-from .context import PassContext, PassSkipped
+from .context import PassContext
 
-KIND_ZEROED = "zeroed-channels"
-KIND_REMOVAL = "channel-removal"
-KIND_UNALIGNED = "unaligned-channels"
-ALIGNMENT = 8
+KIND = "zeroed-channels"
 
 
-def run_zeroed(ctx: PassContext) -> list[Finding]:
+def run(ctx: PassContext) -> list[Finding]:
     per_layer = _zeroed_per_layer(ctx)
     if not per_layer:
         return []
@@ -38,104 +33,6 @@ def run_zeroed(ctx: PassContext) -> list[Finding]:
         finding = _zeroed_by_group(ctx, per_layer, groups)
         return [finding] if finding is not None else []
     return [_zeroed_static(ctx, per_layer, note)]
-
-
-def run_removal(ctx: PassContext) -> list[Finding]:
-    reference = _usable_reference(ctx)
-    if reference is None:
-        raise PassSkipped(
-            f"the reference ({ctx.reference.source}) is not this model's architecture ({ctx.reference.mismatch})"
-            if ctx.reference
-            else "no dense reference to compare widths with (give --baseline dense.pth or --arch pkg.module:factory)"
-        )
-    narrower: dict[str, list[int]] = {}
-    for layer in ctx.layers:
-        if not (layer.is_conv or layer.is_linear or layer.is_batchnorm) or layer.weight is None or layer.shape is None:
-            continue
-        ref_shape = reference.shapes.get(layer.weight)
-        if ref_shape is None:
-            continue
-        kept, original = layer.out_width(), layer.out_width(ref_shape)
-        if kept < original:
-            narrower[layer.name] = [kept, original]
-    names = {layer.weight for layer in ctx.layers if layer.weight}
-    missing_layers = sorted({n.rpartition(".")[0] for n in reference.shapes if n.endswith(".weight") and n not in names})
-    if not narrower:
-        return []
-    kept = sum(k for k, _ in narrower.values())
-    original = sum(o for _, o in narrower.values())
-    params_now = sum(math.prod(ctx.checkpoint.meta(l.params[p])[0]) for l in ctx.layers for p in l.params)
-    params_ref = sum(math.prod(s) for n, s in reference.shapes.items() if not _is_buffer_name(n))
-    return [
-        Finding(
-            kind=KIND_REMOVAL,
-            severity=Severity.INFO,
-            modules=list(narrower),
-            message=(
-                f"{len(narrower)} layers are narrower than the reference ({reference.source}): {kept:,} of "
-                f"{original:,} output channels kept ({kept / original:.0%}); parameters {params_ref:,} → "
-                f"{params_now:,} ({params_now / params_ref - 1:+.0%}). The channels were really removed."
-            ),
-            evidence={
-                "kept_of_original": narrower,
-                "kept_fraction": round(kept / original, 4),
-                "params": params_now,
-                "reference_params": params_ref,
-                "layers_missing": missing_layers,
-                "reference": reference.source,
-            },
-            fix="Nothing to fix: removed channels are what makes a pruned model faster. Check widths with unaligned-channels.",
-        )
-    ]
-
-
-def run_unaligned(ctx: PassContext) -> list[Finding]:
-    reference = _usable_reference(ctx)
-    widths: dict[str, int] = {}
-    consumers_in = _input_widths(ctx)
-    for layer in ctx.layers:
-        if not (layer.is_conv or layer.is_linear) or layer.shape is None or layer.weight is None:
-            continue
-        width = layer.out_width()
-        if width % ALIGNMENT == 0 or width < ALIGNMENT:
-            continue  # below one vector width, per-kernel overhead dominates anyway
-        if reference is not None:
-            ref_shape = reference.shapes.get(layer.weight)
-            changed = ref_shape is not None and layer.out_width(ref_shape) != width
-        else:
-            changed = any(w == width for other, w in consumers_in.items() if other != layer.name)
-        if changed:
-            widths[layer.name] = width
-    if not widths:
-        return []
-    measured = _measured_slowdown(ctx, set(widths))
-    basis = f"widths changed from {reference.source}" if reference else "hidden widths (read by another layer)"
-    return [
-        Finding(
-            kind=KIND_UNALIGNED,
-            severity=Severity.WARNING,
-            modules=list(widths),
-            message=(
-                f"{len(widths)} layers have {basis} that are not multiples of {ALIGNMENT} "
-                f"(e.g. {', '.join(f'{k}: {v}' for k, v in list(widths.items())[:4])}): fp16 Tensor Core kernels need "
-                f"multiples of {ALIGNMENT} and fall back to slower ones or pad, and CPU SIMD pads too, so the "
-                "removed channels save less time than FLOPs suggest."
-            ),
-            evidence={
-                "widths": widths,
-                "rounded_up": {k: -(-v // ALIGNMENT) * ALIGNMENT for k, v in widths.items()},
-                "measured_time_per_mac_vs_aligned": measured,
-            },
-            fix=f"Prune with torch-pruning's round_to={ALIGNMENT} so every width stays a multiple of {ALIGNMENT}.",
-            fix_code=(
-                "pruner = tp.pruner.MetaPruner(\n    model, example_inputs, importance=tp.importance.MagnitudeImportance(p=2),\n"
-                f"    pruning_ratio=ratio, ignored_layers=ignored_layers, round_to={ALIGNMENT},\n)\npruner.step()"
-            ),
-        )
-    ]
-
-
-# -- zeroed channels -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -210,7 +107,7 @@ def _zeroed_static(ctx: PassContext, per_layer: dict[str, _Silenced], note: str)
         evidence_layers[name] = {"zeroed": count, "of": layer.out_width(), "zero_filters": len(silenced.filters), "silenced_by_batchnorm": len(silenced.by_batchnorm - silenced.filters)}
     total = sum(v["zeroed"] for v in evidence_layers.values())
     return Finding(
-        kind=KIND_ZEROED,
+        kind=KIND,
         severity=Severity.WARNING,
         modules=list(per_layer),
         message=(
@@ -281,7 +178,7 @@ def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: 
             "constant that cannot be folded exactly"
         )
     return Finding(
-        kind=KIND_ZEROED,
+        kind=KIND,
         severity=Severity.WARNING,
         modules=list(per_layer),
         message=message + ".",
@@ -390,51 +287,7 @@ def _removal_code(ctx: PassContext, removals: list[tuple[str, list[int]]]) -> st
     )
 
 
-# -- widths ----------------------------------------------------------------------------
-
-
-def _measured_slowdown(ctx: PassContext, unaligned: set[str]) -> dict[str, float] | None:
-    """With --profile: each unaligned conv's time per MAC over the median of the aligned convs'."""
-    if ctx.profile is None:
-        return None
-    per_mac = {layer.name: layer.time_ms / layer.macs for layer in ctx.profile.layers if layer.macs and "Conv" in layer.type}
-    aligned = sorted(v for name, v in per_mac.items() if name not in unaligned)
-    if not aligned:
-        return None
-    baseline = aligned[len(aligned) // 2]
-    return {name: round(per_mac[name] / baseline, 3) for name in unaligned if name in per_mac}
-
-
-def _usable_reference(ctx: PassContext) -> Reference | None:
-    reference = ctx.reference
-    return reference if reference is not None and reference.matches else None
-
-
-def _input_widths(ctx: PassContext) -> dict[str, int]:
-    """Input channels each conv/linear layer reads (depthwise: its own width)."""
-    widths = {}
-    modules = dict(ctx.model.module.named_modules()) if ctx.model else {}
-    for layer in ctx.layers:
-        if not (layer.is_conv or layer.is_linear) or layer.shape is None or len(layer.shape) < 2:
-            continue
-        module = modules.get(layer.name)
-        if isinstance(module, nn.modules.conv._ConvNd):
-            widths[layer.name] = module.in_channels
-        elif layer.type.startswith("ConvTranspose"):
-            widths[layer.name] = layer.shape[0]
-        elif layer.shape[1] == 1 and layer.is_conv:
-            widths[layer.name] = layer.shape[0]  # depthwise (groups unknown without a module)
-        else:
-            widths[layer.name] = layer.shape[1]
-    return widths
-
-
 def _out_params_per_channel(ctx: PassContext, layer: Layer) -> int:
     shape = layer.shape or (1,)
     per_channel = math.prod(shape[1:]) if len(shape) > 1 else 1
     return per_channel + (1 if "bias" in layer.params else 0)
-
-
-def _is_buffer_name(name: str) -> bool:
-    return name.rpartition(".")[2] in ("running_mean", "running_var", "num_batches_tracked")
-

@@ -21,14 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from .build import Model
-from .build.macs import model_macs
-from .build.trace import run_traced
-from .coupling import ChannelGroup, coupled_groups, dependency_graph
-from .silence import ChannelRange, batchnorm_after, channel_fates, consumer_ranges, probe_inputs, silenced_channels
-from .errors import UsageError
-from .fsutil import atomic_write
-from .report.compaction import CompactionResult, GroupCompaction
+from ..model import Model
+from ..model.macs import model_macs
+from ..model.trace import run_traced
+from ..model.coupling import ChannelGroup, coupled_groups, dependency_graph
+from ..model.silence import ChannelRange, batchnorm_after, channel_fates, consumer_ranges, probe_inputs, silenced_channels
+from ..errors import UsageError
+from ..outputs import atomic_write
+from .result import CompactionResult, GroupCompaction
 
 __all__ = ["CompactionResult", "GroupCompaction", "compact"]
 
@@ -188,7 +188,7 @@ def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> No
 
 
 def _difference(reference: nn.Module, model: nn.Module, probe: list[torch.Tensor]) -> tuple[float, float]:
-    from .build.trace import tensor_shapes
+    from ..model.trace import tensor_shapes
 
     worst = 0.0
     scale = 0.0

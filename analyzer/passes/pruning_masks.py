@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..report.model import Finding, Severity
-from ..scan import nbytes
+from ..tensors.stats import nbytes
 from .context import PassContext
 
 KIND = "pruning-masks"

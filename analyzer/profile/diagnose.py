@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .profile.result import LayerProfile, ProfileResult
-from .report.model import Finding, Severity
+from .result import LayerProfile, ProfileResult
+from ..report.model import Finding, Severity
 
 __all__ = ["RULES", "diagnose", "NO_SPEEDUP_REALISED", "OVERHEAD_SHARE", "GPU_BUSY", "MEMORY_SHARE", "MIN_FLOP_CUT"]
 

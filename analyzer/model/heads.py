@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from .build.graph import VIEW_OPS, GraphTrace
-from .layers import Layer
+from .graph import VIEW_OPS, GraphTrace
+from ..tensors.layers import Layer
 
 __all__ = ["Head", "find_heads", "KNOWN_VALUES_PER_ANCHOR"]
 
