@@ -35,15 +35,16 @@ def model_benchmark(benchmark: Any) -> Callable[..., Any]:
 
         from . import __version__
         from .model.macs import model_macs
+        from .model.inputs import example_from
         from .model.trace import run_traced
 
         target = torch.device(device)
         model = model.to(target).eval()
-        x = example_input.to(target)
+        x = example_from(example_input).to(target)
         cuda = target.type == "cuda"
 
         def forward() -> Any:
-            out = model(x)
+            out = x.call(model)
             if cuda:
                 torch.cuda.synchronize(target)
             return out

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 from ..model import Model
+from ..model.inputs import ExampleInput
 from ..model.macs import model_macs
 from ..model.trace import run_traced
 from ..model.coupling import ChannelGroup, coupled_groups, dependency_graph
@@ -187,14 +188,14 @@ def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> No
             pruning_group.prune()
 
 
-def _difference(reference: nn.Module, model: nn.Module, probe: list[torch.Tensor]) -> tuple[float, float]:
+def _difference(reference: nn.Module, model: nn.Module, probe: list[ExampleInput]) -> tuple[float, float]:
     from ..model.trace import tensor_shapes
 
     worst = 0.0
     scale = 0.0
     with torch.inference_mode():
         for x in probe:
-            expected, got = _flatten(reference(x)), _flatten(model(x))
+            expected, got = _flatten(x.call(reference)), _flatten(x.call(model))
             if tensor_shapes(expected) != tensor_shapes(got):
                 return math.inf, 0.0
             for a, b in zip(expected, got):

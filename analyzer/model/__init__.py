@@ -22,7 +22,8 @@ from ..load import Checkpoint, LoadOptions, load_checkpoint
 from ..load.placeholder import Placeholder
 from .factory import build_dense, load_factory, parse_input_shape
 from .fit import PRUNED, FitReport, compare, resize_to
-from .trace import ForwardFailure, ModuleCall, Trace, default_input_shape, run_traced
+from .inputs import ExampleInput, default_input_shape, random_input
+from .trace import ForwardFailure, ModuleCall, Trace, run_traced
 
 __all__ = [
     "BuildOptions",
@@ -38,6 +39,7 @@ __all__ = [
     "load_factory",
     "parse_input_shape",
     "run_traced",
+    "ExampleInput",
 ]
 
 
@@ -54,7 +56,7 @@ class BuildOptions:
 @dataclass
 class Model:
     module: nn.Module
-    example_input: torch.Tensor
+    example_input: ExampleInput
     #: "checkpoint" (the file's own module), "arch" (resized --arch model), "tp.load_state_dict".
     origin: str
     trace: Trace
@@ -98,7 +100,7 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
             example, trace = _run_example(module, options, checkpoint)
             result.model = Model(module, example, origin, trace)
             if options.input_shape is None:
-                result.notes.append(f"example input {tuple(example.shape)} inferred from the first layer (set --input-shape)")
+                result.notes.append(f"example input {example.describe()} inferred from the first layer (set --input-shape)")
     except AnalyzerError:
         raise
     except Exception as e:  # a module tree a pickle left inconsistent: analyse it statically
@@ -197,25 +199,19 @@ def _load_strict(model: nn.Module, checkpoint: Checkpoint) -> None:
 _FALLBACK_SIZES = (32, 64, 128, 256, 512, 16, 8, 28, 96, 112, 299, 320, 640)
 
 
-def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> tuple[torch.Tensor, Trace]:
+def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> tuple[ExampleInput, Trace]:
     """The example input and the model's trace on it. An inferred input is retried at other
     spatial sizes before a failure counts; the first size that runs wins."""
     shape = options.input_shape or default_input_shape(module)
     if shape is None:
         raise UsageError(f"{checkpoint.path}: cannot infer an example input for this model; pass --input-shape")
-    example = _random_input(module, shape)
+    example = random_input(module, shape)
     trace = run_traced(module, example)
     if trace.ok or options.input_shape is not None or len(shape) < 3:
         return example, trace
     for size in _FALLBACK_SIZES:
-        candidate = _random_input(module, (*shape[:-2], size, size) if len(shape) == 4 else (*shape[:-1], size))
+        candidate = random_input(module, (*shape[:-2], size, size) if len(shape) == 4 else (*shape[:-1], size))
         retry = run_traced(module, candidate)
         if retry.ok:
             return candidate, retry
     return example, trace
-
-
-def _random_input(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
-

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .inputs import ExampleInput
+
 __all__ = ["GroupMember", "ChannelGroup", "coupled_groups", "dependency_graph"]
 
 
@@ -61,16 +63,16 @@ class ChannelGroup:
 _PER_CHANNEL = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "GroupNorm", "InstanceNorm2d", "LayerNorm", "PReLU"}
 
 
-def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
+def dependency_graph(model: nn.Module, example: ExampleInput) -> Any:
     """torch-pruning's DependencyGraph of `model` (raises what torch-pruning raises on graphs it cannot trace)."""
     import torch_pruning as tp
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        return tp.DependencyGraph().build_dependency(model, **example.for_torch_pruning())
 
 
-def coupled_groups(model: nn.Module, example: torch.Tensor, graph: Any = None) -> list[ChannelGroup]:
+def coupled_groups(model: nn.Module, example: ExampleInput, graph: Any = None) -> list[ChannelGroup]:
     """The coupled channel groups of `model`, rooted at Conv and Linear layers.
 
     Raises RuntimeError (or what torch-pruning raises) when the graph cannot be traced.

@@ -15,6 +15,8 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from .inputs import ExampleInput, example_from
+
 __all__ = ["OpRecord", "GraphTrace", "trace_graph", "BINARY_OPS", "CAT_OPS", "VIEW_OPS"]
 
 BINARY_OPS = {"add", "sub", "mul", "div", "add_", "mul_", "sub_", "iadd", "imul", "isub"}
@@ -45,8 +47,11 @@ class GraphTrace:
     failure: OpRecord | None = None
 
 
-def trace_graph(model: nn.Module, example: torch.Tensor) -> GraphTrace | None:
-    """The op-by-op trace, or None when the model does not trace symbolically."""
+def trace_graph(model: nn.Module, example: ExampleInput | torch.Tensor) -> GraphTrace | None:
+    """The op-by-op trace, or None when the model does not trace symbolically (or takes named inputs)."""
+    example = example_from(example)
+    if example.kwargs:
+        return None  # fx's Interpreter runs positional inputs only
     try:
         graph_module = torch.fx.symbolic_trace(model)
     except Exception:  # data-dependent control flow and the like: fall back to module hooks
@@ -54,7 +59,7 @@ def trace_graph(model: nn.Module, example: torch.Tensor) -> GraphTrace | None:
     interpreter = _Recorder(graph_module)
     try:
         with torch.inference_mode():
-            interpreter.run(example)
+            interpreter.run(*example.args)
     except Exception:  # noqa: BLE001 - the failure is recorded by the interpreter
         pass
     return interpreter.trace

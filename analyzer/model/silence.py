@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .coupling import ChannelGroup
+from .inputs import ExampleInput
 from ..tensors.layers import neighbour_names
 
 __all__ = [
@@ -94,13 +95,12 @@ def silenced_channels(modules: dict[str, nn.Module], group: ChannelGroup, zero_t
     return set.intersection(*by_producer.values())
 
 
-def probe_inputs(example: torch.Tensor) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(1234)
-    shape = (_PROBE_BATCH_SIZE, *example.shape[1:])
-    return [torch.randn(shape, generator=generator).to(example.dtype) * (1 + i) for i in range(_PROBE_BATCHES)]
+def probe_inputs(example: ExampleInput) -> list[ExampleInput]:
+    """A few random batches like the example, at growing scales (integer inputs stay in range)."""
+    return [example.fresh(seed=1234 + i, batch=_PROBE_BATCH_SIZE, scale=1 + i) for i in range(_PROBE_BATCHES)]
 
 
-def consumer_ranges(model: nn.Module, groups: list[ChannelGroup], probe: list[torch.Tensor]) -> dict[str, ChannelRange]:
+def consumer_ranges(model: nn.Module, groups: list[ChannelGroup], probe: list[ExampleInput]) -> dict[str, ChannelRange]:
     """Per consuming layer: each input channel's min and max over all probe inputs and positions."""
     modules = dict(model.named_modules())
     wanted = {m.name for g in groups for m in g.consumers() if m.name in modules}
@@ -123,7 +123,7 @@ def consumer_ranges(model: nn.Module, groups: list[ChannelGroup], probe: list[to
     try:
         with torch.inference_mode():
             for x in probe:
-                model(x)
+                x.call(model)
     finally:
         for handle in handles:
             handle.remove()

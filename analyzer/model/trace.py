@@ -12,7 +12,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["ModuleCall", "ForwardFailure", "Trace", "run_traced", "tensor_shapes", "default_input_shape"]
+from .inputs import ExampleInput
+
+__all__ = ["ModuleCall", "ForwardFailure", "Trace", "run_traced", "tensor_shapes"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ def tensor_shapes(value: Any) -> list[tuple[int, ...]]:
     return []
 
 
-def run_traced(model: nn.Module, example: torch.Tensor) -> Trace:
-    trace = Trace(input_shape=tuple(example.shape))
+def run_traced(model: nn.Module, example: ExampleInput) -> Trace:
+    trace = Trace(input_shape=example.shape)
     running: list[str] = []
     names = {module: name for name, module in model.named_modules()}
     handles = []
@@ -80,7 +82,7 @@ def run_traced(model: nn.Module, example: torch.Tensor) -> Trace:
         handles.append(module.register_forward_hook(after))
     try:
         with torch.inference_mode():
-            trace.output = model(example)
+            trace.output = example.call(model)
     except Exception as e:  # whatever the model raises is the finding, never a crash
         message = " ".join(str(e).split())[:500]
         trace.failure = ForwardFailure(
@@ -93,17 +95,3 @@ def run_traced(model: nn.Module, example: torch.Tensor) -> Trace:
         for handle in handles:
             handle.remove()
     return trace
-
-
-def default_input_shape(model: nn.Module, spatial: int = 224) -> tuple[int, ...] | None:
-    """(1, C, spatial, spatial) from the first conv's input channels, (1, F) for an MLP."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv1d):
-            return (1, module.in_channels, spatial)
-        if isinstance(module, nn.Conv2d):
-            return (1, module.in_channels, spatial, spatial)
-        if isinstance(module, nn.Conv3d):
-            return (1, module.in_channels, 16, spatial, spatial)
-        if isinstance(module, nn.Linear):
-            return (1, module.in_features)
-    return None

@@ -7,6 +7,7 @@ failure better (residual and head checks) report their own kind for the same mod
 
 from __future__ import annotations
 
+from ..model.inputs import ExampleInput
 from ..report.model import Finding, Severity
 from . import residual_mismatch
 from .context import PassContext
@@ -29,7 +30,7 @@ def run(ctx: PassContext) -> list[Finding]:
             severity=Severity.ERROR,
             modules=[where],
             message=(
-                f"The model fails on an input of shape {list(model.trace.input_shape)} in {where}: "
+                f"The model fails on {_input_phrase(model.example_input)} in {where}: "
                 f"{failure.exception_type}: {failure.message}"
             ),
             evidence={
@@ -46,6 +47,12 @@ def run(ctx: PassContext) -> list[Finding]:
             ),
         )
     ]
+
+
+def _input_phrase(example: ExampleInput) -> str:
+    if example.single is not None:
+        return f"an input of shape {list(example.shape)}"
+    return f"the inputs {example.describe()}"
 
 
 def _in_a_head(ctx: PassContext, module: str) -> bool:

@@ -26,7 +26,7 @@ ignored_layers = [model.get_submodule(name) for name in [
 {names}]]
 pruner = tp.pruner.MetaPruner(
     model,
-    torch.randn({input_shape}),
+    {example},
     importance=tp.importance.MagnitudeImportance(p=2),
     pruning_ratio={ratio},
     ignored_layers=ignored_layers,  # the heads keep their output channels
@@ -115,7 +115,7 @@ def _output_shapes_differ(ctx: PassContext) -> str | None:
     ours, theirs = tensor_shapes(model.trace.output), tensor_shapes(dense.output)
     if not dense.ok or ours == theirs:
         return None
-    return f"outputs on {list(model.example_input.shape)} are {ours} where {reference.source} gives {theirs}"
+    return f"outputs on {model.example_input.describe()} are {ours} where {reference.source} gives {theirs}"
 
 
 def _finding(ctx: PassContext, heads: list[Head], problems: list[str]) -> Finding:
@@ -132,7 +132,7 @@ def _finding(ctx: PassContext, heads: list[Head], problems: list[str]) -> Findin
     loss_line = _loss_failure(heads)
     message = "Detection heads no longer hold whole anchors: " + "; ".join(problems[:6])
     message += "." if not loss_line else f". {loss_line}"
-    input_shape = ", ".join(map(str, ctx.model.example_input.shape)) if ctx.model else "1, 3, 640, 640"
+    example = ctx.model.example_input.code() if ctx.model else "torch.randn(1, 3, 640, 640)"
     names = "".join(f"    {h.conv!r},\n" for h in heads)
     return Finding(
         kind=KIND,
@@ -144,7 +144,7 @@ def _finding(ctx: PassContext, heads: list[Head], problems: list[str]) -> Findin
             "Prune again from the dense model with every head conv in ignored_layers: torch-pruning must never "
             "change a detection head's output channels."
         ),
-        fix_code=_FIX_CODE.format(names=names, input_shape=input_shape, ratio=_ratio(ctx)),
+        fix_code=_FIX_CODE.format(names=names, example=example, ratio=_ratio(ctx)),
     )
 
 

@@ -28,7 +28,7 @@ import torch
 import torch_pruning as tp
 
 model = ...  # the dense model, before pruning
-graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn({input_shape}))
+graph = tp.DependencyGraph().build_dependency(model, example_inputs={example})
 channels = []  # fill in: the {removed} channel indices you removed from {layer}
 group = graph.get_pruning_group(model.get_submodule({layer!r}), tp.prune_conv_out_channels, idxs=channels)
 print(group)  # every layer that must lose the same channels, the shortcut included
@@ -110,7 +110,7 @@ def _finding(ctx: PassContext, op: str, within: str, operands: dict[str, int | N
     listed = " vs ".join(f"{name} ({width} channels)" for name, width in operands.items())
     narrow = min((n for n in names if operands[n] is not None), key=lambda n: operands[n] or 0, default=names[0])
     coupled = _coupled_with(ctx, narrow)
-    input_shape = ", ".join(map(str, ctx.model.example_input.shape)) if ctx.model else "1, 3, 224, 224"
+    example = ctx.model.example_input.code() if ctx.model else "torch.randn(1, 3, 224, 224)"
     layer = _prunable_layer(ctx, narrow)
     return Finding(
         kind=KIND,
@@ -132,7 +132,7 @@ def _finding(ctx: PassContext, op: str, within: str, operands: dict[str, int | N
             "Prune coupled channels together: torch-pruning's DependencyGraph removes the same channels from "
             "every branch of the sum (shortcut, BatchNorms and the next layers' inputs)."
         ),
-        fix_code=_FIX_CODE.format(input_shape=input_shape, layer=layer, removed=_removed_count(operands)),
+        fix_code=_FIX_CODE.format(example=example, layer=layer, removed=_removed_count(operands)),
     )
 
 

@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 
 model = ...  # the dense model, before unstructured pruning
-example_inputs = torch.randn({input_shape})
+example_inputs = {example}
 pruner = tp.pruner.MetaPruner(
     model,
     example_inputs,
@@ -74,7 +74,7 @@ def _unstructured(ctx: PassContext, scattered: list[tuple[Layer, WeightPattern]]
     per_layer = {l.name: round(p.unstructured_fraction, 4) for l, p in sorted(scattered, key=lambda lp: -lp[1].unstructured_fraction)}
     overall = zeros / weights if weights else 0.0
     ratio = _channel_ratio_for(overall)
-    input_shape = ", ".join(map(str, ctx.model.example_input.shape)) if ctx.model else "1, 3, 224, 224"
+    example = ctx.model.example_input.code() if ctx.model else "torch.randn(1, 3, 224, 224)"
     return Finding(
         kind=KIND_UNSTRUCTURED,
         severity=Severity.WARNING,
@@ -97,7 +97,7 @@ def _unstructured(ctx: PassContext, scattered: list[tuple[Layer, WeightPattern]]
             "does). Sparse kernels pay off only at very high sparsity (CSR on CPU, usually above 90%) or with a 2:4 "
             "pattern on Ampere+ GPUs in fp16/bf16."
         ),
-        fix_code=_TP_SNIPPET.format(input_shape=input_shape, ratio=ratio, ignored=_last_layer(ctx)),
+        fix_code=_TP_SNIPPET.format(example=example, ratio=ratio, ignored=_last_layer(ctx)),
     )
 
 

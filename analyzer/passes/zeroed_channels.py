@@ -271,13 +271,13 @@ def _output_positions(ctx: PassContext, name: str, conv: bool) -> int:
 
 
 def _removal_code(ctx: PassContext, removals: list[tuple[str, list[int]]]) -> str:
-    shape = ", ".join(map(str, ctx.model.example_input.shape))  # type: ignore[union-attr]
+    example = ctx.model.example_input.code()  # type: ignore[union-attr]
     listed = "".join(f"    {root!r}: {channels},\n" for root, channels in removals)
     return (
         "import torch\nimport torch_pruning as tp\n\n"
         "# model: the model as saved in this checkpoint (e.g. analyzer.load_pruned(path, factory))\n"
         f"dead_channels = {{  # coupled group (by its first layer) -> channels that output exactly 0\n{listed}}}\n"
-        f"graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn({shape}))\n"
+        f"graph = tp.DependencyGraph().build_dependency(model, example_inputs={example})\n"
         "for name, idxs in dead_channels.items():\n"
         "    layer = model.get_submodule(name)\n"
         "    prune_fn = tp.prune_linear_out_channels if isinstance(layer, torch.nn.Linear) else tp.prune_conv_out_channels\n"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..model.inputs import ExampleInput, example_from
 from .calibrate import calibrate
 from .flops import count_flops
 from .layer_times import time_layers
@@ -65,7 +66,7 @@ class ProfileOptions:
 def profile_models(
     pruned: nn.Module,
     dense: nn.Module | None,
-    example: torch.Tensor,
+    example: ExampleInput | torch.Tensor,
     options: ProfileOptions = ProfileOptions(),
     pruned_layers: set[str] | None = None,
     timer: Timer | None = None,
@@ -76,6 +77,7 @@ def profile_models(
     pruned_layers: names of the layers the pruning touched (None: unknown). The models
     are copied to the device; the originals stay where they are.
     """
+    example = example_from(example)
     device, notes = _device(options.device)
     timer = timer or (CudaTimer(device) if device.type == "cuda" else CpuTimer())
     models = {"pruned": _on(pruned, device)}
@@ -141,9 +143,8 @@ def _on(model: nn.Module, device: torch.device) -> nn.Module:
     return copy.deepcopy(model).to(device).eval()
 
 
-def _batch(example: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(batch)
-    return torch.randn((batch, *example.shape[1:]), generator=generator).to(device=device, dtype=example.dtype)
+def _batch(example: ExampleInput, batch: int, device: torch.device) -> ExampleInput:
+    return example.fresh(seed=batch, batch=batch).to(device)
 
 
 @contextmanager
@@ -158,7 +159,7 @@ def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
 
 def _latency(
     models: dict[str, nn.Module],
-    example: torch.Tensor,
+    example: ExampleInput,
     options: ProfileOptions,
     device: torch.device,
     timer: Timer,
@@ -169,7 +170,7 @@ def _latency(
     def timed_loop() -> None:
         for batch in options.batches:
             x = _batch(example, batch, device)
-            runs = {label: (lambda m=model: m(x)) for label, model in models.items()}
+            runs = {label: (lambda m=model: x.call(m)) for label, model in models.items()}
             samples = measure_interleaved(runs, timer, options.measure)
             stats.extend(
                 LatencyStats(label, batch, [s * 1000 for s in taken.per_call_s], taken.calls_per_sample)
@@ -189,7 +190,7 @@ def _layer_iterations(latency: list[LatencyStats], options: ProfileOptions) -> i
     return int(min(60, max(3, options.layer_profile_s * 1000 / max(slowest, 1e-3))))
 
 
-def _floor_times(model: nn.Module, example: torch.Tensor, balance: MachineBalance, iterations: int) -> dict[str, float]:
+def _floor_times(model: nn.Module, example: ExampleInput, balance: MachineBalance, iterations: int) -> dict[str, float]:
     """Each layer's fixed cost (ms): its time on the smallest spatial input the model accepts,
     where arithmetic is nearly nil, less the time to read its weights once."""
     tiny = _tiny_input(model, example)
@@ -205,18 +206,19 @@ def _floor_times(model: nn.Module, example: torch.Tensor, balance: MachineBalanc
     return floors
 
 
-def _tiny_input(model: nn.Module, example: torch.Tensor) -> torch.Tensor | None:
+def _tiny_input(model: nn.Module, example: ExampleInput) -> ExampleInput | None:
     """The example shrunk spatially as far as the model still runs (None: nothing to shrink)."""
-    if example.dim() < 3:
+    single = example.single
+    if single is None or single.dim() < 3 or not single.is_floating_point():
         return None
-    size = example.shape[-1]
+    size = single.shape[-1]
     for candidate in sorted({max(1, size // d) for d in (32, 16, 8, 4, 2)}):
         if candidate >= size:
             break
-        shape = (*example.shape[:-2], candidate, candidate) if example.dim() == 4 else (*example.shape[:-1], candidate)
-        tiny = torch.randn(shape, device=example.device, dtype=example.dtype)
+        shape = (*single.shape[:-2], candidate, candidate) if single.dim() == 4 else (*single.shape[:-1], candidate)
+        tiny = example_from(torch.randn(shape, device=single.device, dtype=single.dtype))
         try:
-            model(tiny)
+            tiny.call(model)
         except Exception:  # too small for this architecture: try the next size
             continue
         return tiny
@@ -225,7 +227,7 @@ def _tiny_input(model: nn.Module, example: torch.Tensor) -> torch.Tensor | None:
 
 def _layers(
     model: nn.Module,
-    example: torch.Tensor,
+    example: ExampleInput,
     flops: FlopStats,
     balance: MachineBalance,
     iterations: int,

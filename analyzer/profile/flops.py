@@ -8,19 +8,20 @@ import warnings
 import torch
 import torch.nn as nn
 
+from ..model.inputs import ExampleInput
 from .result import FlopStats
 
 __all__ = ["count_flops"]
 
 
-def count_flops(label: str, model: nn.Module, example: torch.Tensor) -> FlopStats:
+def count_flops(label: str, model: nn.Module, example: ExampleInput) -> FlopStats:
     from fvcore.nn import FlopCountAnalysis
 
     # fvcore logs a warning per unsupported op; they are recorded in the result instead.
     logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        analysis = FlopCountAnalysis(model, example)
+        analysis = FlopCountAnalysis(model, example.args)
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         total = int(analysis.total())

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from ..model.inputs import ExampleInput
+
 __all__ = ["LayerTiming", "time_layers", "leaf_modules"]
 
 _PREFIX = "module::"
@@ -52,13 +54,13 @@ def leaf_modules(model: nn.Module) -> dict[nn.Module, str]:
 CHUNKS = 3
 
 
-def time_layers(model: nn.Module, example: torch.Tensor, iterations: int = 5) -> dict[str, LayerTiming]:
+def time_layers(model: nn.Module, example: ExampleInput, iterations: int = 5) -> dict[str, LayerTiming]:
     """Per-leaf-module time (ms per forward) and bytes moved, on `example`."""
     recorder = _Recorder(leaf_modules(model))
     per_chunk = max(1, iterations // CHUNKS)
     timings = {name: LayerTiming(name, type(module).__name__, time_ms=float("inf")) for module, name in recorder.names.items()}
     with _ranges(recorder), torch.inference_mode():
-        model(example)  # warm-up, and the byte counts
+        example.call(model)  # warm-up, and the byte counts
         recorder.counting = False
         for _ in range(CHUNKS):
             for name, ms in _profiled_chunk(model, example, per_chunk).items():
@@ -72,13 +74,13 @@ def time_layers(model: nn.Module, example: torch.Tensor, iterations: int = 5) ->
     return {name: t for name, t in timings.items() if t.calls}
 
 
-def _profiled_chunk(model: nn.Module, example: torch.Tensor, iterations: int) -> dict[str, float]:
+def _profiled_chunk(model: nn.Module, example: ExampleInput, iterations: int) -> dict[str, float]:
     """Milliseconds per forward of each module range, over `iterations` profiled passes."""
-    cuda = example.is_cuda
+    cuda = example.tensors[0].is_cuda
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with _native_stderr_silenced(), profile(activities=activities) as prof:
         for _ in range(iterations):
-            model(example)
+            example.call(model)
         if cuda:
             torch.cuda.synchronize()
     times = {}
