@@ -26,7 +26,8 @@ from ..model.inputs import ExampleInput
 from ..model.macs import model_macs
 from ..model.trace import run_traced
 from ..model.coupling import ChannelGroup, coupled_groups, dependency_graph
-from ..model.silence import ChannelRange, batchnorm_after, channel_fates, consumer_ranges, probe_inputs, silenced_channels
+from ..model.modules import batchnorm_after
+from ..model.silence import ChannelRange, channel_fates, consumer_ranges, probe_inputs, silenced_channels
 from ..errors import UsageError
 from ..outputs import atomic_write
 from .result import CompactionResult, GroupCompaction

@@ -77,6 +77,8 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     #: torch-pruning's tp.state_dict object as loaded, for tp.load_state_dict.
     tp_state: dict[str, Any] | None = field(default=None, repr=False)
+    #: A model folder's config.json (Hugging Face `save_pretrained`), read as JSON only; None otherwise.
+    config: dict[str, Any] | None = None
 
     @property
     def placeholders(self) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .inputs import ExampleInput
+from .modules import is_depthwise
 
 __all__ = ["GroupMember", "ChannelGroup", "coupled_groups", "dependency_graph"]
 
@@ -94,15 +95,8 @@ def coupled_groups(model: nn.Module, example: ExampleInput, graph: Any = None) -
             follows = names.get(source) if type(module).__name__ in _PER_CHANNEL and source in names and source is not module else None
             idxs = [int(i) for i in item.idxs]
             if not any(m.name == names[module] and m.role == role for m in members):
-                members.append(GroupMember(names[module], type(module).__name__, role, idxs, follows, _is_depthwise(module)))
+                members.append(GroupMember(names[module], type(module).__name__, role, idxs, follows, is_depthwise(module)))
         if members:
             groups.append(ChannelGroup(size=len(raw.items[0].idxs), members=members))
     return groups
 
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.modules.conv._ConvNd)
-        and module.groups > 1
-        and module.groups == module.in_channels == module.out_channels
-    )

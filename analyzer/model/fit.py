@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .modules import is_depthwise
+
 __all__ = ["ShapeMismatch", "FitReport", "compare", "resize_to", "PRUNED", "PREFIX", "WRONG_ARCH"]
 
 PRUNED = "pruned checkpoint into a dense class"
@@ -149,14 +151,14 @@ def _tensor_names(module: nn.Module) -> list[str]:
 def _resize_module(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> bool:
     weight = shapes.get("weight")
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and weight:
-        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        depthwise = is_depthwise(module)
         module.out_channels = weight[0]
         if depthwise:
             module.groups = module.in_channels = weight[0]
         else:
             module.in_channels = weight[1] * module.groups
     elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and weight:
-        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        depthwise = is_depthwise(module)
         module.in_channels = weight[0]
         if depthwise:
             module.groups = module.out_channels = weight[0]

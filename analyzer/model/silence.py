@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from .coupling import ChannelGroup
 from .inputs import ExampleInput
-from ..tensors.layers import neighbour_names
+from ..tensors.patterns import zero_mask
+from .modules import batchnorm_after
 
 __all__ = [
     "ChannelRange",
@@ -28,7 +29,6 @@ __all__ = [
     "consumer_ranges",
     "channel_fates",
     "constant_unfoldable",
-    "batchnorm_after",
 ]
 
 _PROBE_BATCHES = 3
@@ -78,11 +78,11 @@ def silenced_by_producer(modules: dict[str, nn.Module], group: ChannelGroup, zer
             continue
         if isinstance(module, nn.modules.conv._ConvTransposeNd):
             weight = weight.transpose(0, 1)
-        silent = _is_zero(weight.detach().flatten(1), zero_tol).all(1)
+        silent = zero_mask(weight.detach().flatten(1), zero_tol).all(1)
         for follower in group.followers(producer.name):
             bn = modules.get(follower.name)
             if isinstance(bn, nn.modules.batchnorm._NormBase) and bn.weight is not None and bn.weight.numel() == silent.numel():
-                silent = silent | _is_zero(bn.weight.detach(), zero_tol)
+                silent = silent | zero_mask(bn.weight.detach(), zero_tol)
         by_producer[producer.name] = {i for i in range(group.size) if bool(silent[producer.idxs[i]])}
     return by_producer
 
@@ -149,10 +149,6 @@ def channel_fates(group: ChannelGroup, channels: set[int], ranges: dict[str, Cha
     return fates
 
 
-def _is_zero(tensor: torch.Tensor, zero_tol: float) -> torch.Tensor:
-    return tensor.abs() <= zero_tol if zero_tol > 0 else tensor == 0
-
-
 def constant_unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
     """Why a constant arriving on an input channel of `name` cannot be folded into it exactly
     (None: it can — into its bias, or into the BatchNorm right after it)."""
@@ -167,12 +163,3 @@ def constant_unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
             return "is a grouped conv"
         return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
     return f"is a {type(module).__name__}"
-
-
-def batchnorm_after(modules: dict[str, nn.Module], name: str) -> nn.Module | None:
-    """The BatchNorm that directly follows layer `name` (conv1 → bn1, seq.0 → seq.1)."""
-    for candidate in neighbour_names(name, forward=True):
-        module = modules.get(candidate)
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
-            return module
-    return None

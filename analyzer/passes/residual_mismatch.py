@@ -13,7 +13,7 @@ import re
 
 from ..model.graph import BINARY_OPS, CAT_OPS, OpRecord
 from ..model.coupling import coupled_groups
-from ..tensors.layers import Layer, neighbour_names
+from ..tensors.layers import Layer, adjacent
 from ..report.model import Finding, Severity
 from .context import PassContext
 
@@ -163,10 +163,8 @@ def _prunable_layer(ctx: PassContext, module: str) -> str:
     layer = layers.get(module)
     if layer is not None and layer.is_conv:
         return module
-    for candidate in neighbour_names(module, forward=False):
-        if candidate in layers and layers[candidate].is_conv:
-            return candidate
-    return module
+    producer = adjacent(module, False, layers, lambda c: c.is_conv)
+    return producer.name if producer is not None else module
 
 
 # -- static check ----------------------------------------------------------------------

@@ -16,7 +16,8 @@ import torch.nn as nn
 from ..model.macs import model_macs
 from ..model.coupling import ChannelGroup, coupled_groups
 from ..model.silence import channel_fates, consumer_ranges, probe_inputs, silenced_by_producer
-from ..tensors.layers import Layer, neighbour_names
+from ..model.modules import is_depthwise
+from ..tensors.layers import Layer, adjacent
 from ..tensors.patterns import BatchNormPattern, WeightPattern
 from ..report.model import Finding, Severity
 from .context import PassContext
@@ -68,19 +69,13 @@ def _zeroed_per_layer(ctx: PassContext) -> dict[str, _Silenced]:
 
 
 def _batchnorm_after(layer: Layer, layers: dict[str, Layer]) -> Layer | None:
-    for name in neighbour_names(layer.name, forward=True):
-        candidate = layers.get(name)
-        if candidate is not None and candidate.is_batchnorm and candidate.shape and layer.shape and candidate.shape[0] == layer.out_width():
-            return candidate
-    return None
+    width = layer.out_width()
+    return adjacent(layer.name, True, layers, lambda c: c.is_batchnorm and bool(c.shape) and c.shape[0] == width)  # type: ignore[index]
 
 
 def _producer_before(bn: Layer, layers: dict[str, Layer]) -> Layer | None:
-    for name in neighbour_names(bn.name, forward=False):
-        candidate = layers.get(name)
-        if candidate is not None and (candidate.is_conv or candidate.is_linear) and candidate.shape and bn.shape and candidate.out_width() == bn.shape[0]:
-            return candidate
-    return None
+    width = bn.shape[0] if bn.shape else None
+    return adjacent(bn.name, False, layers, lambda c: (c.is_conv or c.is_linear) and bool(c.shape) and c.out_width() == width)
 
 
 def _groups(ctx: PassContext) -> tuple[list[ChannelGroup] | None, str]:
@@ -243,7 +238,7 @@ def _cost(ctx: PassContext, name: str, module: nn.Module, cut: _Cut) -> tuple[in
     if isinstance(module, nn.modules.conv._ConvNd):
         kernel = math.prod(module.kernel_size)
         out, inp, groups = module.out_channels - cut.out, module.in_channels - cut.inp, module.groups
-        if groups > 1 and groups == module.in_channels == module.out_channels:
+        if is_depthwise(module):
             weights = out * kernel  # depthwise: its input and output channels are the same channels
         else:
             weights = out * (inp // groups) * kernel

@@ -7,13 +7,15 @@ from parameter names and shapes (a 4-d `weight` is a Conv2d, a 1-d one next to
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from ..load import Checkpoint
 
-__all__ = ["Layer", "build_layers", "neighbour_names", "BUFFER_NAMES"]
+__all__ = ["Layer", "build_layers", "neighbour_names", "adjacent", "BUFFER_NAMES"]
 
 #: Last name components that are buffers, not parameters, when no module says otherwise.
 BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
@@ -70,6 +72,18 @@ def neighbour_names(name: str, forward: bool) -> list[str]:
     if last.isdigit():
         names.append(prefix + str(int(last) + (1 if forward else -1)))
     return names
+
+
+_T = TypeVar("_T")
+
+
+def adjacent(name: str, forward: bool, candidates: Mapping[str, _T], accept: Callable[[_T], bool]) -> _T | None:
+    """The first of `name`'s neighbours (neighbour_names) among `candidates` that `accept` takes."""
+    for neighbour in neighbour_names(name, forward):
+        candidate = candidates.get(neighbour)
+        if candidate is not None and accept(candidate):
+            return candidate
+    return None
 
 
 def build_layers(checkpoint: Checkpoint) -> list[Layer]:

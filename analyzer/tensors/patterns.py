@@ -22,6 +22,7 @@ __all__ = [
     "batchnorm_pattern",
     "NM_PATTERNS",
     "UNSTRUCTURED_MIN",
+    "zero_mask",
 ]
 
 #: Element zeros below this fraction of a tensor are incidental, not pruning.
@@ -110,14 +111,14 @@ def weight_pattern(weight: torch.Tensor, zero_tol: float = 0.0, zeros: int | Non
     flat_cols = w[0].numel()
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, flat_cols))
     if zeros is None:
-        zeros = sum(int(torch.count_nonzero(_zero_mask(w[i : i + rows_per_chunk], zero_tol))) for i in range(0, out_ch, rows_per_chunk))
+        zeros = sum(int(torch.count_nonzero(zero_mask(w[i : i + rows_per_chunk], zero_tol))) for i in range(0, out_ch, rows_per_chunk))
     # N:M needs at least half the weights zero; below that the group counts are not worth computing.
     nm_max = {m: (0 if 2 * zeros >= w.numel() and flat_cols % m == 0 else m + 1) for _, m in NM_PATTERNS}
     zero_out: list[int] = []
     in_all_zero = torch.ones(in_ch, dtype=torch.bool)
     kernel_zero_total = 0
     for start in range(0, out_ch, rows_per_chunk):
-        is_zero = _zero_mask(w[start : start + rows_per_chunk], zero_tol)
+        is_zero = zero_mask(w[start : start + rows_per_chunk], zero_tol)
         rows = is_zero.shape[0]
         kernel_zero = is_zero.reshape(rows, in_ch, kernel).all(2)
         row_zero = kernel_zero.all(1)
@@ -151,16 +152,17 @@ def weight_pattern(weight: torch.Tensor, zero_tol: float = 0.0, zeros: int | Non
     )
 
 
-def _zero_mask(values: torch.Tensor, zero_tol: float) -> torch.Tensor:
+def zero_mask(values: torch.Tensor, zero_tol: float = 0.0) -> torch.Tensor:
+    """The zero test, everywhere: |x| <= zero_tol, or exactly 0 when zero_tol is 0."""
     return values.abs() <= zero_tol if zero_tol > 0 else values == 0
 
 
 def batchnorm_pattern(scale: torch.Tensor, shift: torch.Tensor | None, zero_tol: float = 0.0) -> BatchNormPattern:
-    scale_zero = (scale.detach().abs() <= zero_tol) if zero_tol > 0 else scale.detach() == 0
+    scale_zero = zero_mask(scale.detach(), zero_tol)
     if shift is None:
         shift_zero = torch.ones_like(scale_zero)
     else:
-        shift_zero = (shift.detach().abs() <= zero_tol) if zero_tol > 0 else shift.detach() == 0
+        shift_zero = zero_mask(shift.detach(), zero_tol)
     return BatchNormPattern(
         channels=scale.numel(),
         dead=torch.nonzero(scale_zero & shift_zero).flatten().tolist(),

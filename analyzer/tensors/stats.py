@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .patterns import zero_mask
+
 __all__ = ["TensorStats", "tensor_stats", "iter_chunks", "nbytes", "CHUNK_ELEMENTS"]
 
 #: Elements per chunk: bounds the temporaries (masks, products) a scan allocates.
@@ -74,7 +76,7 @@ def _dense_stats(tensor: torch.Tensor, zero_tol: float) -> TensorStats:
     for part in iter_chunks(tensor.detach()):
         if zero_tol > 0 and floating:
             # NaN is not <= tol, so it counts as non-zero, as count_nonzero counts it.
-            nonzero += part.numel() - int((part.abs() <= zero_tol).sum())
+            nonzero += part.numel() - int(torch.count_nonzero(zero_mask(part, zero_tol)))
         else:
             nonzero += int(torch.count_nonzero(part))
         if floating and not _sum_is_finite(part):
