@@ -1,9 +1,13 @@
 """Turn a file of a known format into objects, under the global policy.
 
-torch.save files go through torch.load(weights_only=True) with the policy's allowlist
-and placeholders registered. Files torch's unpickler cannot or will not read (pickle
-protocol > 2, blocked payloads), plain pickles and TorchScript data go through the
-analyzer's restricted unpickler, which shares the policy and never runs a global.
+Every pickle of every format is scanned first (pickle_scan.py): which globals it names
+and how it uses each, recorded in the policy. Then torch.save files go through
+torch.load(weights_only=True) with the policy's allowlist and placeholders registered;
+files torch's unpickler cannot or will not read (pickle protocol > 2, blocked payloads),
+plain pickles, legacy .tar checkpoints and TorchScript data go through the analyzer's
+restricted unpickler, which shares the policy and never runs a global. One behaviour
+per payload in every container: when the objects cannot be rebuilt from a file whose
+globals would run code, the reader still returns what it found, for the report.
 Each reader returns a `Raw`: the top-level object, the globals beyond torch's tensor
 allowlist, and how it was read.
 """
@@ -15,30 +19,48 @@ import io
 import mmap
 import os
 import pickle
+import re
 import struct
+import tarfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+import torch.jit._pickle
 
 from ..errors import InputError
-from .legacy import load_legacy
-from .pickle_scan import GlobalRef, PickleScanError, scan_globals
-from .sniff import ZIP_ERRORS
-from .policy import GlobalKind, GlobalPolicy, ResolvedGlobal
+from .legacy import LEGACY_MAGIC_NUMBER, load_legacy, load_legacy_tar, scan_legacy
+from .pickle_scan import GlobalRef, GlobalUse, PickleScanError, scan_pickle
+from .placeholder import Placeholder, make_placeholder
+from .policy import GlobalPolicy, ResolvedGlobal
+from .sniff import ZIP_ERRORS, is_torch_tar
 from .unpickler import restricted_load
 
-__all__ = ["Raw", "read_torch_zip", "read_torch_legacy", "read_pickle", "read_torchscript"]
+__all__ = ["Raw", "read_torch_zip", "read_torch_legacy", "read_pickle", "read_torchscript", "TAR_NOTE"]
 
-# Legacy torch files are a sequence of pickles: magic, protocol, sys info, the object, storage keys.
-_LEGACY_PICKLES = 5
 _FALLBACK_NOTE = (
     "torch.load(weights_only=True) refused the pickle ({reason}); the analyzer's restricted "
     "unpickler read it instead, with placeholders that never run"
+)
+TAR_NOTE = (
+    "legacy .tar checkpoint (torch < 0.4): torch.load reads it only with weights_only=False, which runs "
+    "its pickles; the analyzer's restricted unpickler read every member instead"
+)
+_TORCHSCRIPT_BUILDERS = (
+    "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "build_tensor_from_id", "restore_type_tag",
+)
+#: Bytes per zlib.crc32 call when checking zip entries (the mapped file is never copied).
+_CRC_CHUNK = 8 << 20
+#: Sentences of torch's error messages that advise loading with less safety; never repeated.
+_UNSAFE_ADVICE = re.compile(
+    r"weights_only\W{0,3}(?:set to\W{0,3}|=\W{0,3})False|Re-running|arbitrary code|trusted source|add_safe_globals"
+    r"|safe_globals|allowlist this global|Check the documentation|Please file an issue",
+    re.IGNORECASE,
 )
 
 
@@ -47,52 +69,104 @@ class Raw:
     obj: Any
     loader: str
     globals: list[ResolvedGlobal] = field(default_factory=list)
-    #: Why torch's weights_only unpickler refused the file, when it did.
+    #: Why the objects could not be rebuilt as torch would (torch refused, or nothing could), when so.
     refused: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
+class _Unreadable(InputError):
+    """A reader failed on the bytes (not a limit): a file whose globals run code still gets its report."""
+
+
 def read_torch_zip(path: Path, policy: GlobalPolicy, trust: bool, mmap_tensors: bool = True) -> Raw:
-    refs = _scan_zip_pickle(path)
-    return _read_torch_file(path, policy, trust, refs, mmap_tensors, lambda: _read_zip_restricted(path, policy, refs))
+    _add_restricted_replacements(policy)
+    refs = _scan_zip_pickle(path, policy)
+    return _read_torch_file(path, policy, trust, refs, mmap_tensors, lambda: _read_zip_restricted(path, policy))
 
 
 def read_torch_legacy(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
-    refs = _scan_legacy_pickles(path)
+    _add_restricted_replacements(policy)
+    if is_torch_tar(path):
+        return _read_legacy_tar(path, policy, trust)
+    refs = _scan_legacy_pickles(path, policy)
 
     def read_restricted() -> Raw:
-        _add_restricted_replacements(policy)
         with _mapped(path) as data:
             obj = _restricted(lambda: load_legacy(data, policy, path.stat().st_size), path)
-        return Raw(obj, "restricted-unpickler", _unsafe(policy, refs))
+        return Raw(obj, "restricted-unpickler", policy.reported())
 
     return _read_torch_file(path, policy, trust, refs, False, read_restricted)
 
 
+def _read_legacy_tar(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
+    """torch's oldest format: only ever read by the restricted unpickler (torch's weights_only
+    reader refuses it), or by torch.load(weights_only=False) with --trust."""
+    _scan_polyglot(path, policy)
+
+    def read_restricted() -> Raw:
+        try:
+            obj = _restricted(lambda: load_legacy_tar(path, policy, path.stat().st_size), path)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise _Unreadable(f"{path}: a damaged legacy .tar checkpoint ({type(e).__name__}: {_first_line(e)})") from e
+        return Raw(obj, "restricted-unpickler", policy.reported(), notes=[TAR_NOTE])
+
+    if trust:
+        with contextlib.suppress(InputError):
+            read_restricted()  # nothing runs in it: it lists every member's globals for the report
+        return Raw(_torch_load(path, weights_only=False, mmap_tensors=False), "trusted", policy.reported())
+    return _guarded(policy, path, read_restricted)
+
+
+def _scan_polyglot(path: Path, policy: GlobalPolicy) -> None:
+    """A tar whose bytes also start like a legacy stream or a pickle: another reader would
+    run those pickles, so their globals are reported too (best effort: they may not parse)."""
+    with _mapped(path) as data:
+        head = data[:2]
+        if head[:1] != b"\x80" or head[1:2] > b"\x05":
+            return
+        with contextlib.suppress(PickleScanError):
+            policy.record_uses(scan_legacy(data) if _starts_legacy(data) else scan_pickle(data))
+
+
+def _starts_legacy(data: IO[bytes]) -> bool:
+    return data[:14] == b"\x80\x02\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")  # type: ignore[index]
+
+
 def _read_torch_file(
-    path: Path, policy: GlobalPolicy, trust: bool, refs: list[GlobalRef], mmap_tensors: bool, read_restricted: Any
+    path: Path, policy: GlobalPolicy, trust: bool, refs: list[GlobalRef], mmap_tensors: bool, read_restricted: Callable[[], Raw]
 ) -> Raw:
     """torch.load(weights_only=True) with the policy's globals registered; the restricted
     unpickler when torch refuses; torch.load(weights_only=False) only with --trust."""
     if trust:
-        return Raw(_torch_load(path, weights_only=False, mmap_tensors=mmap_tensors), "trusted", _unsafe(policy, refs))
+        return Raw(_torch_load(path, weights_only=False, mmap_tensors=mmap_tensors), "trusted", policy.reported())
     try:
         with torch.serialization.safe_globals(policy.torch_safe_globals(refs)):
             obj = _torch_load(path, weights_only=True, mmap_tensors=mmap_tensors)
-        return Raw(obj, "weights_only", _unsafe(policy, refs))
+        return Raw(obj, "weights_only", policy.reported())
     except pickle.UnpicklingError as e:
-        return _fallback(policy, refs, _torch_refusal(e), read_restricted)
+        reason = _torch_refusal(e)
+    except _Unreadable as e:
+        # torch failed on what a placeholder gave back (a tensor rebuilt from a payload's
+        # result): a file that runs code is read by the restricted unpickler instead.
+        if not _runs_code(policy):
+            raise
+        reason = _reason(e, path)
+    return _fallback(policy, path, reason, read_restricted)
 
 
 def read_pickle(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
+    _add_restricted_replacements(policy)
     with _mapped(path) as data:
-        refs = _scan(data, path)
+        policy.record_uses(_scan(data, path))
         data.seek(0)
         if trust:
-            return Raw(pickle.load(data), "trusted", _unsafe(policy, refs))  # noqa: S301 - the user said --trust
-        _add_restricted_replacements(policy)
-        obj = _restricted(lambda: restricted_load(data, policy), path)
-    return Raw(obj, "restricted-unpickler", _unsafe(policy, refs))
+            return Raw(pickle.load(data), "trusted", policy.reported())  # noqa: S301 - the user said --trust
+
+        def read_restricted() -> Raw:
+            obj = _restricted(lambda: restricted_load(data, policy), path)
+            return Raw(obj, "restricted-unpickler", policy.reported())
+
+        return _guarded(policy, path, read_restricted)
 
 
 def read_torchscript(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
@@ -102,11 +176,12 @@ def read_torchscript(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
         try:
             return Raw(torch.jit.load(str(path), map_location="cpu"), "trusted")
         except RuntimeError as e:
-            raise InputError(f"{path}: torch.jit.load failed: {_first_line(e)}") from e
-    raw = _read_zip_restricted(path, policy, _scan_zip_pickle(path))
-    # TorchScript names its own classes (__torch__.*) and helpers (torch.jit._pickle.*):
-    # they are what the format is, not an unsafe payload.
-    raw.globals = [g for g in raw.globals if not _is_torchscript_own(g.ref)]
+            raise InputError(f"{path}: torch.jit.load failed: {_torch_text(e)}") from e
+    _add_restricted_replacements(policy)
+    _scan_zip_pickle(path, policy)
+    raw = _guarded(policy, path, lambda: _read_zip_restricted(path, policy))
+    # TorchScript names the classes of its own code (__torch__.*): what the format is, not a payload.
+    raw.globals = [g for g in raw.globals if not _is_torchscript_own(g)]
     raw.notes.append(
         "TorchScript archive: its code was not run; tensors were read from data.pkl "
         "(--trust runs torch.jit.load and makes the model runnable)"
@@ -114,61 +189,83 @@ def read_torchscript(path: Path, policy: GlobalPolicy, trust: bool) -> Raw:
     return raw
 
 
-def _is_torchscript_own(ref: GlobalRef) -> bool:
-    return ref.module == "__torch__" or ref.module.startswith(("__torch__.", "torch.jit._pickle"))
+def _is_torchscript_own(resolved: ResolvedGlobal) -> bool:
+    """A class of the archive's own code, by a plain name, instantiated as modules are."""
+    ref = resolved.ref
+    own = ref.module == "__torch__" or ref.module.startswith("__torch__.")
+    return own and not resolved.refusals
 
 
-def _fallback(policy: GlobalPolicy, refs: list[GlobalRef], reason: str, read_restricted: Any) -> Raw:
-    """torch refused the pickle: read it with the restricted unpickler. If that fails too,
-    a file that names dangerous globals still gets its report (with no tensors)."""
+def _guarded(policy: GlobalPolicy, path: Path, read: Callable[[], Raw]) -> Raw:
+    """The restricted read; when it fails on a file whose globals would run code, the
+    report still says so (with no tensors) instead of a bare one-line failure."""
     try:
-        raw = read_restricted()
-    except InputError:
-        unsafe = _unsafe(policy, refs)
-        if not any(g.kind is GlobalKind.DANGEROUS for g in unsafe):
+        return read()
+    except _Unreadable as e:
+        if not _runs_code(policy):
             raise
-        return Raw(None, "refused", unsafe, refused=reason)
-    raw.refused = reason
-    raw.notes.append(_FALLBACK_NOTE.format(reason=reason))
+        return Raw(None, "refused", policy.reported(), refused=_reason(e, path))
+
+
+def _fallback(policy: GlobalPolicy, path: Path, reason: str, read_restricted: Callable[[], Raw]) -> Raw:
+    """torch refused the pickle: read it with the restricted unpickler. If that fails too,
+    a file whose globals run code still gets its report (with no tensors)."""
+    raw = _guarded(policy, path, read_restricted)
+    if raw.loader != "refused":
+        raw.notes.append(_FALLBACK_NOTE.format(reason=reason))
+    raw.refused = reason if raw.refused is None else raw.refused
     return raw
 
 
-def _read_zip_restricted(path: Path, policy: GlobalPolicy, refs: list[GlobalRef]) -> Raw:
+def _runs_code(policy: GlobalPolicy) -> bool:
+    return any(g.refusals for g in policy.reported())
+
+
+def _read_zip_restricted(path: Path, policy: GlobalPolicy) -> Raw:
     try:
         reader = torch._C.PyTorchFileReader(str(path))
     except RuntimeError as e:
-        raise InputError(f"{path}: a damaged torch archive ({_first_line(e)})") from e
-    _add_restricted_replacements(policy)
+        raise _Unreadable(f"{path}: a damaged torch archive ({_torch_text(e)})") from e
     data = io.BytesIO(reader.get_record("data.pkl"))
     obj = _restricted(lambda: restricted_load(data, policy, _zip_storage_loader(reader)), path)
-    return Raw(obj, "restricted-unpickler", _unsafe(policy, refs))
+    return Raw(obj, "restricted-unpickler", policy.reported())
 
 
 def _add_restricted_replacements(policy: GlobalPolicy) -> None:
+    """The loaders' own safe rebuilders, registered before any global is resolved."""
+
     def load_storage_from_bytes(data: bytes) -> Any:
         # Safe stand-in for torch.storage._load_from_bytes, which runs torch.load(weights_only=False).
         if not isinstance(data, (bytes, bytearray)):
             raise pickle.UnpicklingError("storage bytes expected")
+        try:
+            policy.record_uses(scan_legacy(io.BytesIO(data)))
+        except PickleScanError as e:
+            raise pickle.UnpicklingError(f"embedded storage is not a well-formed pickle ({e})") from e
         return load_legacy(io.BytesIO(data), policy, len(data))
 
     policy.add_safe("torch.storage._load_from_bytes", load_storage_from_bytes)
     policy.add_safe("copyreg._reconstructor", _reconstruct_without_init)
+    policy.add_safe("torch._tensor._rebuild_from_type_v2", _rebuild_from_type_checked)
+    # TorchScript's list builders and type tags: identity functions of torch's own.
+    for name in _TORCHSCRIPT_BUILDERS:
+        policy.add_safe(f"torch.jit._pickle.{name}", getattr(torch.jit._pickle, name))
 
 
-def _restricted(load: Any, path: Path) -> Any:
+def _restricted(load: Callable[[], Any], path: Path) -> Any:
     try:
         return load()
     except MemoryError as e:
-        raise InputError(f"{path}: the pickle asks for more memory than the file could ever hold; refused") from e
+        raise _Unreadable(f"{path}: the pickle asks for more memory than the file could ever hold; refused") from e
     except RuntimeError as e:
         if "allocate" in str(e):
-            raise InputError(f"{path}: the pickle asks for more memory than the file could ever hold; refused ({_first_line(e)})") from e
-        raise InputError(f"{path}: the pickle could not be read safely (RuntimeError: {_first_line(e)})") from e
+            raise _Unreadable(f"{path}: the pickle asks for more memory than the file could ever hold; refused ({_torch_text(e)})") from e
+        raise _Unreadable(f"{path}: the pickle could not be read safely (RuntimeError: {_torch_text(e)})") from e
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError, struct.error) as e:
-        raise InputError(f"{path}: the pickle could not be read safely ({type(e).__name__}: {_first_line(e)})") from e
+        raise _Unreadable(f"{path}: the pickle could not be read safely ({type(e).__name__}: {_torch_text(e)})") from e
 
 
-def _zip_storage_loader(reader: Any) -> Any:
+def _zip_storage_loader(reader: Any) -> Callable[[Any], Any]:
     loaded: dict[str, Any] = {}
 
     def load(pid: Any) -> Any:
@@ -191,11 +288,28 @@ def _zip_storage_loader(reader: Any) -> Any:
     return load
 
 
+def _is_placeholder(obj: Any) -> bool:
+    return isinstance(obj, Placeholder) or (isinstance(obj, type) and issubclass(obj, Placeholder))
+
+
 def _reconstruct_without_init(cls: Any, base: Any, state: Any) -> Any:
     """Safe stand-in for copyreg._reconstructor (protocol 0/1 object creation)."""
+    if _is_placeholder(base):
+        return base(cls, state)  # base.__init__(obj, state) would run: a placeholder records it instead
     if base is not object or state is not None or not isinstance(cls, type):
         raise pickle.UnpicklingError("copyreg._reconstructor is only allowed for plain objects")
     return cls.__new__(cls)
+
+
+def _rebuild_from_type_checked(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    """torch's _rebuild_from_type_v2 (a tensor subclass: `func(*args)`, then the type), with
+    placeholders recorded instead of handed to torch: a placeholder `func` is a call the
+    pickle makes, a placeholder `new_type` an unknown tensor subclass (the plain tensor is kept)."""
+    if _is_placeholder(func):
+        return make_placeholder("torch._tensor", "_rebuild_from_type_v2")(func, new_type, args, state)
+    if _is_placeholder(new_type):
+        return func(*args)
+    return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)
 
 
 def _torch_load(path: Path, weights_only: bool, mmap_tensors: bool) -> Any:
@@ -207,13 +321,13 @@ def _torch_load(path: Path, weights_only: bool, mmap_tensors: bool) -> Any:
         raise
     except RuntimeError as e:
         if "allocate" in str(e):
-            raise InputError(f"{path}: the file asks for more memory than it could ever hold; refused ({_first_line(e)})") from e
-        raise InputError(f"{path}: torch.load failed on a damaged or incomplete file ({_first_line(e)})") from e
+            raise _Unreadable(f"{path}: the file asks for more memory than it could ever hold; refused ({_torch_text(e)})") from e
+        raise _Unreadable(f"{path}: torch.load failed on a damaged or incomplete file ({_torch_text(e)})") from e
     except (EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError, AssertionError) as e:
-        raise InputError(f"{path}: torch.load failed on a damaged or incomplete file ({type(e).__name__}: {_first_line(e)})") from e
+        raise _Unreadable(f"{path}: torch.load failed on a damaged or incomplete file ({type(e).__name__}: {_torch_text(e)})") from e
 
 
-def _scan_zip_pickle(path: Path) -> list[GlobalRef]:
+def _scan_zip_pickle(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -237,41 +351,86 @@ def _scan_zip_pickle(path: Path) -> list[GlobalRef]:
                 # crafted archive can show one reader one entry and another reader another.
                 with archive.open(info):
                     pass
+            _check_crcs(path, archive, infos)
             data = archive.read(pickles[0])
     except ZIP_ERRORS as e:
         raise InputError(f"{path}: a damaged or inconsistent zip archive ({e})") from e
-    return _scan(io.BytesIO(data), path)
+    uses = _scan(io.BytesIO(data), path)
+    policy.record_uses(uses)
+    return list(uses)
 
 
-def _scan_legacy_pickles(path: Path) -> list[GlobalRef]:
-    refs: dict[GlobalRef, None] = {}
+def _check_crcs(path: Path, archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    """Every entry's CRC-32, which torch never checks: damaged tensor data is said, not analysed.
+    Stored entries are checked straight from the mapped file (no copy); others through zipfile."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
+        for info in infos:
+            if info.compress_type == zipfile.ZIP_STORED:
+                start = _entry_data_offset(data, info)
+                end = start + info.compress_size
+                if end > len(data):
+                    raise InputError(f"{path}: zip entry {info.filename} claims {info.compress_size} bytes, more than the file holds")
+                crc = 0
+                for pos in range(start, end, _CRC_CHUNK):
+                    crc = zlib.crc32(view[pos : min(end, pos + _CRC_CHUNK)], crc)
+            else:
+                with archive.open(info) as entry:  # zipfile checks the CRC itself at the end
+                    while entry.read(_CRC_CHUNK):
+                        pass
+                continue
+            if crc != info.CRC:
+                raise InputError(
+                    f"{path}: zip entry {info.filename} fails its CRC-32 check (stored {info.CRC:08x}, "
+                    f"computed {crc:08x}): the file was damaged or altered after it was saved"
+                )
+
+
+def _entry_data_offset(data: mmap.mmap, info: zipfile.ZipInfo) -> int:
+    header = data[info.header_offset : info.header_offset + 30]
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack_from("<HH", header, 26)
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _scan_legacy_pickles(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
     with _mapped(path) as data:
-        for _ in range(_LEGACY_PICKLES):
-            refs.update(dict.fromkeys(_scan(data, path)))
-    return list(refs)
+        try:
+            uses = scan_legacy(data)
+        except PickleScanError as e:
+            raise InputError(f"{path}: not a well-formed pickle ({e})") from e
+    policy.record_uses(uses)
+    return list(uses)
 
 
-def _scan(stream: IO[bytes], path: Path) -> list[GlobalRef]:
+def _scan(stream: IO[bytes], path: Path) -> dict[GlobalRef, GlobalUse]:
     try:
-        return scan_globals(stream)
+        return scan_pickle(stream)
     except PickleScanError as e:
         raise InputError(f"{path}: not a well-formed pickle ({e})") from e
 
 
-def _unsafe(policy: GlobalPolicy, refs: list[GlobalRef]) -> list[ResolvedGlobal]:
-    """Globals beyond torch's tensor allowlist: those the scan saw, and any a nested
-    pickle (storage bytes inside a plain pickle) resolved while loading."""
-    seen = {g.ref: g for g in (policy.resolve(r.module, r.name) for r in refs)}
-    seen.update({g.ref: g for g in policy.resolved() if g.ref not in seen})
-    return [g for g in seen.values() if g.kind is not GlobalKind.SAFE]
-
-
 def _torch_refusal(error: BaseException) -> str:
-    """The line of torch's weights_only error that says what it refused."""
+    """What torch's weights_only error says it refused, without its advice."""
+    return _torch_text(error)
+
+
+def _torch_text(error: BaseException) -> str:
+    """torch's error text, first informative line, with every sentence that advises a less
+    safe load (weights_only=False, allowlisting a global) left out: the analyzer never
+    repeats the call that would run a payload."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    specific = [line for line in lines if not line.startswith(boilerplate)]
-    return (specific or lines or [type(error).__name__])[0][:300]
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue", "WeightsUnpickler error:")
+    for line in [line for line in lines if not line.startswith(boilerplate)] + lines:
+        kept = " ".join(s for s in re.split(r"(?<=[.!?])\s+", line) if s and not _UNSAFE_ADVICE.search(s))
+        kept = kept.removeprefix("WeightsUnpickler error:").strip()
+        if kept:
+            return kept[:300]
+    return type(error).__name__
+
+
+def _reason(error: InputError, path: Path) -> str:
+    return str(error).removeprefix(f"{path}: ")
 
 
 @contextlib.contextmanager

@@ -6,12 +6,13 @@ import enum
 import json
 import os
 import struct
+import tarfile
 import zipfile
 from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["Format", "sniff", "ZIP_ERRORS"]
+__all__ = ["Format", "sniff", "ZIP_ERRORS", "TORCH_TAR_MEMBERS", "is_torch_tar"]
 
 #: What Python's zipfile raises on archives it cannot read: damaged, encrypted, a
 #: compression or feature it does not implement, a name that is not UTF-8.
@@ -19,6 +20,12 @@ ZIP_ERRORS = (
     zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
     UnicodeDecodeError, ValueError,
 )
+
+#: The members of torch's oldest checkpoint format, a tar archive (torch < 0.4), that
+#: torch.load reads (sys_info is written too, never read).
+TORCH_TAR_MEMBERS = frozenset({"pickle", "storages", "tensors"})
+#: What Python's tarfile raises on bytes that are no tar archive, or a damaged one.
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, UnicodeDecodeError, OverflowError)
 
 # torch's legacy (pre-1.6) files begin with a protocol-2 pickle of this 10-byte long.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
@@ -66,6 +73,10 @@ def sniff(path: Path) -> Format:
         raise InputError(f"{path}: the file is empty; {EXPECTED}")
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return _sniff_zip(path)
+    # torch.load tries the tar format before any other non-zip reading, so a file that is
+    # also a tar archive (a polyglot) is read as what torch would run.
+    if is_torch_tar(path):
+        return Format.TORCH_LEGACY
     if head.startswith(_LEGACY_MAGIC):
         return Format.TORCH_LEGACY
     if _looks_like_safetensors(head, size):
@@ -75,6 +86,16 @@ def sniff(path: Path) -> Format:
     if head[0] in _OLD_PICKLE_FIRST_BYTES and _ends_like_pickle(path):
         return Format.PICKLE
     raise InputError(f"{path}: {_describe_unknown(path, head)}")
+
+
+def is_torch_tar(path: Path) -> bool:
+    """Whether the file opens as a tar archive (as torch.load's `tarfile.open(mode="r:")`
+    would, ustar magic or not) holding the members of torch's legacy .tar format."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            return TORCH_TAR_MEMBERS <= set(tar.getnames())
+    except _TAR_ERRORS:
+        return False
 
 
 def _check_is_readable_file(path: Path) -> None:

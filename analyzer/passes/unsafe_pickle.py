@@ -1,15 +1,21 @@
-"""What the pickle needs beyond tensors, whether it is dangerous, and how to load it.
+"""What the pickle needs beyond tensors, whether it runs code, and how to load it.
 
-`unsafe-pickle`: globals outside the allowlist (unknown classes: warning; code
-execution or a payload torch refused: error). `full-model-pickle`: the file is a
-pickled module whose classes are all torch.nn (or allowed) — safe, but `torch.load`
-refuses it by default since torch 2.6; the fix is the exact `safe_globals` list.
+`unsafe-pickle`: globals outside the allowlist. Error when the file would execute code
+when unpickled — a global it calls, a dotted name, a name it keeps as a value (a function
+cannot be told from a class without importing it), or a payload torch refused; warning
+when its only unknowns are classes it instantiates without arguments and fills with
+their state (a pickled model whose package is not here). The severity comes from what
+the pickle does (load/pickle_scan.py), never from a list of names. `full-model-pickle`:
+a pickled module whose classes are all nn.Module classes checked by import (torch.nn,
+allowed packages) — safe, but `torch.load` refuses it by default since torch 2.6; the
+fix is the exact `safe_globals` list.
 """
 
 from __future__ import annotations
 
-from ..load import GlobalKind, ResolvedGlobal
+from ..load import ResolvedGlobal
 from ..load.placeholder import Placeholder, placeholder_target
+from ..load.policy import CALLS, DOTTED, DYNAMIC_NAME, NOT_A_CLASS, PROGRAM_MODULE, REFERENCES, gadget_label
 from ..report.model import Finding, Severity
 from .context import PassContext
 
@@ -19,48 +25,66 @@ KIND_FULL_MODEL = "full-model-pickle"
 _WEIGHTS_ONLY_NOTE = (
     "torch.load has defaulted to weights_only=True since torch 2.6, and refuses any global outside its allowlist"
 )
+#: How each reason reads in the message, most serious first; a name is listed under its first.
+_CLAUSES = (
+    (CALLS, "calls {names}"),
+    (DOTTED, "reaches {names} through dotted names that walk attributes out of their module"),
+    (DYNAMIC_NAME, "computes the names of {names} while loading"),
+    (PROGRAM_MODULE, "imports {names} from modules that run a program when imported"),
+    (NOT_A_CLASS, "names {names}, which are not classes"),
+    (REFERENCES, "keeps {names} as values rather than classes it instantiates (a function cannot be told from a class without importing it)"),
+)
+_DO_NOT_LOAD = (
+    "Do not open this file with torch.load(weights_only=False), pickle.load or --trust: that runs the code above. "
+    "If the file is yours, re-save only the weights from the environment that made it (your own, trusted code): "
+    "torch.save(model.state_dict(), 'weights.pth'), then rebuild the model from its class and load those with "
+    "torch.load('weights.pth', weights_only=True)."
+)
 
 
 def run(ctx: PassContext) -> list[Finding]:
     checkpoint = ctx.checkpoint
     if checkpoint.loader == "trusted":
         return [_trusted(ctx)] if checkpoint.globals else []
-    unknown = [g for g in checkpoint.globals if g.needs_placeholder]
-    if unknown or checkpoint.refused:
-        return [_unsafe(ctx, unknown)]
+    runs_code = [g for g in checkpoint.globals if g.refusals]
+    classes = [g for g in checkpoint.globals if g.needs_placeholder and not g.refusals]
+    if runs_code or classes or checkpoint.refused:
+        return [_unsafe(ctx, runs_code, classes)]
     if checkpoint.globals:
         return [_full_model(ctx)]
     return []
 
 
-def _unsafe(ctx: PassContext, unknown: list[ResolvedGlobal]) -> Finding:
+def _unsafe(ctx: PassContext, runs_code: list[ResolvedGlobal], classes: list[ResolvedGlobal]) -> Finding:
     checkpoint = ctx.checkpoint
-    dangerous = sorted(g.full_name for g in unknown if g.kind is GlobalKind.DANGEROUS)
-    names = sorted(g.full_name for g in unknown)
-    importable = {g.full_name: g.importable for g in unknown if g.kind is not GlobalKind.DANGEROUS}
-    error = bool(dangerous) or checkpoint.refused is not None
+    error = bool(runs_code) or checkpoint.refused is not None
     recovered = (
         f"its {len(checkpoint.tensors)} tensors were read with placeholders standing in"
         if len(checkpoint.tensors)
         else "no tensors could be read"
     )
-    if dangerous:
+    class_names = sorted(g.full_name for g in classes)
+    if runs_code:
         message = (
-            f"The pickle calls {_list(dangerous)}: code that would run on torch.load(weights_only=False) "
-            f"or pickle.load. Nothing was run; {recovered}."
+            f"The pickle {_clauses(runs_code)}: under torch.load(weights_only=False) or pickle.load this executes "
+            f"code from the file when it is unpickled. Nothing was run here; {recovered}."
         )
     elif checkpoint.refused:
         message = f"torch.load(weights_only=True) refuses the pickle ({checkpoint.refused}); nothing was run; {recovered}."
     else:
         message = (
-            f"The pickle needs {len(names)} class{'es' if len(names) != 1 else ''} outside the allowlist "
-            f"({_list(names)}); {_WEIGHTS_ONLY_NOTE}. Placeholders stood in for them, so the tensors were "
-            "read without running any code, but the model cannot run."
+            f"The pickle instantiates {len(class_names)} class{'es' if len(class_names) != 1 else ''} outside the "
+            f"allowlist ({_list(class_names)}) and fills them with their saved state; {_WEIGHTS_ONLY_NOTE}. "
+            "Placeholders stood in for them, so the tensors were read without running any code, but the model cannot run."
         )
     evidence = {
-        "globals": names,
-        "dangerous": dangerous,
-        "importable_here": importable,
+        "globals": sorted({g.full_name for g in (*runs_code, *classes)}),
+        "dangerous": sorted(g.full_name for g in runs_code),
+        "calls": _with(runs_code, CALLS),
+        "dotted": _with(runs_code, DOTTED),
+        "references": _with(runs_code, REFERENCES) + _with(runs_code, NOT_A_CLASS),
+        "classes": class_names,
+        "importable_here": {g.full_name: g.importable for g in classes},
         "all_globals": sorted(g.full_name for g in checkpoint.globals),
         "refused": checkpoint.refused,
         "tensors_recovered": len(checkpoint.tensors),
@@ -68,37 +92,56 @@ def _unsafe(ctx: PassContext, unknown: list[ResolvedGlobal]) -> Finding:
     return Finding(
         kind=KIND_UNSAFE,
         severity=Severity.ERROR if error else Severity.WARNING,
-        modules=_modules_of(ctx, unknown),
+        modules=_modules_of(ctx, [*runs_code, *classes]),
         message=message,
         evidence=evidence,
-        fix=_unsafe_fix(dangerous, unknown),
-        fix_code=None if error else _safe_globals_code(ctx.checkpoint.globals, str(checkpoint.path)),
+        fix=_DO_NOT_LOAD if error else _classes_fix(ctx, classes),
+        fix_code=None if error else _loadable_code(ctx, checked=True),
     )
 
 
-def _unsafe_fix(dangerous: list[str], unknown: list[ResolvedGlobal]) -> str:
-    if dangerous:
-        return (
-            "Do not open this file with torch.load(weights_only=False), pickle or --trust. If it is yours, "
-            "re-save only the weights from a trusted environment: torch.save(model.state_dict(), path)."
-        )
-    roots = sorted({g.ref.module.split(".")[0] for g in unknown if g.ref.module != "__main__"})
+def _clauses(runs_code: list[ResolvedGlobal]) -> str:
+    """'calls posix.system (runs commands) and reaches … through dotted names …'."""
+    parts = []
+    listed: set[str] = set()
+    for reason, template in _CLAUSES:
+        names = [g for g in sorted(runs_code, key=lambda g: g.full_name) if reason in g.refusals and g.full_name not in listed]
+        if names:
+            listed.update(g.full_name for g in names)
+            parts.append(template.format(names=_list([_labelled(g) for g in names])))
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
+def _labelled(resolved: ResolvedGlobal) -> str:
+    label = gadget_label(resolved.ref)
+    return f"{resolved.full_name} ({label})" if label else resolved.full_name
+
+
+def _with(globals_: list[ResolvedGlobal], reason: str) -> list[str]:
+    return sorted(g.full_name for g in globals_ if reason in g.refusals)
+
+
+def _classes_fix(ctx: PassContext, classes: list[ResolvedGlobal]) -> str:
+    roots = sorted({g.ref.module.split(".")[0] for g in classes if g.ref.module != "__main__"})
     parts = []
     if roots:
         parts.append(
             "If you trust the code that defines these classes, `analyze --allow-module "
             + " --allow-module ".join(roots)
-            + "` imports it and rebuilds the real model"
+            + "` imports it and rebuilds the real model (only nn.Module classes defined in that package)"
         )
-    if any(g.ref.module == "__main__" for g in unknown):
+    if any(g.ref.module == "__main__" for g in classes):
         parts.append(
             "classes saved from a script's __main__ can only be loaded where that script's classes are "
             "importable under __main__; move them to a module and re-save"
         )
-    parts.append(
-        "in your own code, load it with the exact allowlist below; better, save model.state_dict() and rebuild "
-        "the model from its class"
-    )
+    if ctx.checkpoint.loader == "weights_only":
+        parts.append(
+            "in your own code, load it with the exact allowlist below (it stops unless every name is an nn.Module "
+            "class); better, save model.state_dict() and rebuild the model from its class"
+        )
+    else:
+        parts.append("better, save model.state_dict() and rebuild the model from its class")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
 
@@ -116,36 +159,53 @@ def _full_model(ctx: PassContext) -> Finding:
         ),
         evidence={"globals": names},
         fix="Load it with exactly these classes allowlisted, or save model.state_dict() instead of the model.",
-        fix_code=_safe_globals_code(checkpoint.globals, str(checkpoint.path)),
+        fix_code=_loadable_code(ctx, checked=False),
     )
 
 
 def _trusted(ctx: PassContext) -> Finding:
     names = sorted(g.full_name for g in ctx.checkpoint.globals)
-    dangerous = sorted(g.full_name for g in ctx.checkpoint.globals if g.kind is GlobalKind.DANGEROUS)
+    runs_code = sorted(g.full_name for g in ctx.checkpoint.globals if g.refusals)
     return Finding(
         kind=KIND_UNSAFE,
-        severity=Severity.ERROR if dangerous else Severity.INFO,
+        severity=Severity.ERROR if runs_code else Severity.INFO,
         modules=[],
         message=(
             "Loaded with --trust: the file's code was allowed to run"
-            + (f", including {_list(dangerous)}." if dangerous else ".")
+            + (f", including {_list(runs_code)}." if runs_code else ".")
         ),
-        evidence={"globals": names, "dangerous": dangerous},
+        evidence={"globals": names, "dangerous": runs_code},
         fix="Use --trust only for files you made yourself; without it nothing in the file runs.",
     )
 
 
-def _safe_globals_code(globals_: list[ResolvedGlobal], path: str) -> str:
+def _loadable_code(ctx: PassContext, checked: bool) -> str | None:
+    """The torch.load call with exactly the file's classes allowlisted — only where torch's
+    own weights_only reader read the file with that allowlist, so the snippet is known to
+    work. `checked`: some classes were not verified here, so the snippet stops unless each
+    is an nn.Module class (never allowlisting a function)."""
+    checkpoint = ctx.checkpoint
+    if checkpoint.loader != "weights_only":
+        return None
+    globals_ = [g for g in checkpoint.globals if not g.refusals]
     modules = sorted({g.ref.module for g in globals_})
     names = sorted(g.full_name for g in globals_)
     imports = "\n".join(f"import {m}" for m in modules)
     listed = "".join(f"    {name},\n" for name in names)
+    check = (
+        "# Only nn.Module classes may be allowlisted: stop if the file named anything else.\n"
+        "for cls in allowed:\n"
+        "    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):\n"
+        "        raise SystemExit(f\"{cls!r} is not an nn.Module class: do not load this file\")\n"
+        if checked
+        else ""
+    )
     return (
         f"import torch\n{imports}\n\n"
         f"allowed = [\n{listed}]\n"
+        f"{check}"
         f"with torch.serialization.safe_globals(allowed):\n"
-        f"    model = torch.load({path!r}, weights_only=True)"
+        f"    model = torch.load({str(checkpoint.path)!r}, weights_only=True)"
     )
 
 
