@@ -48,7 +48,7 @@ def scan_legacy(stream: IO[bytes]) -> dict[GlobalRef, GlobalUse]:
     """Globals of the five pickles at the start of a legacy stream, with their uses."""
     uses: dict[GlobalRef, GlobalUse] = {}
     for _ in range(_LEGACY_PICKLES):
-        for ref, use in scan_pickle(stream).items():
+        for ref, use in scan_pickle(stream, hands_back_classes=True).items():
             uses[ref] = uses.get(ref, GlobalUse()) | use
     return uses
 
@@ -65,6 +65,11 @@ def load_legacy(stream: IO[bytes], policy: GlobalPolicy, size_limit: int) -> Any
 
     def persistent_load(pid: Any) -> Any:
         nonlocal claimed
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] in ("module", b"module"):
+            # ("module", class, source file, source): torch hands back the class; ours came from find_class.
+            if not isinstance(pid[1], type):
+                raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+            return pid[1]
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
         _, storage_type, key, _location, numel, view = pid
@@ -138,7 +143,7 @@ def load_legacy_tar(path: Path, policy: GlobalPolicy, size_limit: int) -> Any:
         # fails later still reports what they call.
         for name in ("sys_info", "pickle"):
             if name in members:
-                _scan_member(_read_member(tar, members[name]), policy, persistent_first=name == "pickle")
+                _scan_member(_read_member(tar, members[name]), policy, hands_back_classes=name == "pickle")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             objects = _read_storages(_read_member(tar, members["storages"]), policy, size_limit)
@@ -172,10 +177,10 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> io.BytesIO:
     return io.BytesIO(data)
 
 
-def _scan_member(stream: IO[bytes], policy: GlobalPolicy, persistent_first: bool = False) -> None:
+def _scan_member(stream: IO[bytes], policy: GlobalPolicy, hands_back_classes: bool = False) -> None:
     start = stream.tell()
     try:
-        policy.record_uses(scan_pickle(stream, persistent_first=persistent_first))
+        policy.record_uses(scan_pickle(stream, hands_back_classes=hands_back_classes))
     except PickleScanError as e:
         raise TarFormatError(f"not a well-formed pickle ({e})") from e
     stream.seek(start)

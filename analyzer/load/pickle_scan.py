@@ -96,14 +96,15 @@ def normalize(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def scan_pickle(stream: IO[bytes], *, persistent_first: bool = False) -> dict[GlobalRef, GlobalUse]:
+def scan_pickle(stream: IO[bytes], *, hands_back_classes: bool = False) -> dict[GlobalRef, GlobalUse]:
     """Globals named by the one pickle that starts at the stream's position, each with how
     the pickle uses it, in the order first seen; leaves the stream after STOP.
 
-    persistent_first: the reader's persistent_load hands back the first item of a tuple id
-    (torch's legacy .tar format), so `BINPERSID` of `(cls, ...)` is `cls` itself.
+    hands_back_classes: torch's legacy readers' persistent_load returns the class saved in
+    a tuple id — `("module", cls, file, source)` in the legacy stream, `(cls, file, source)`
+    in the .tar format — so `BINPERSID` of such an id is `cls` itself.
     """
-    walker = _Walker(persistent_first)
+    walker = _Walker(hands_back_classes)
     try:
         for opcode, arg, _pos in pickletools.genops(stream):
             walker.step(opcode, arg)
@@ -163,8 +164,8 @@ _OBJECT = GlobalRef("builtins", "object")
 
 
 class _Walker:
-    def __init__(self, persistent_first: bool) -> None:
-        self.persistent_first = persistent_first
+    def __init__(self, hands_back_classes: bool) -> None:
+        self.hands_back_classes = hands_back_classes
         self.uses: dict[GlobalRef, GlobalUse] = {}
         self.stack: list[object] = []
         self.memo: dict[int, object] = {}
@@ -418,9 +419,14 @@ class _Walker:
         return frozenset()
 
     def persistent(self, pid: object) -> object:
-        if self.persistent_first and isinstance(pid, _Tuple) and pid.items and isinstance(pid.items[0], _Global):
-            self.consume(*pid.items[1:])
-            return pid.items[0]
+        if self.hands_back_classes and isinstance(pid, _Tuple):
+            items = pid.items
+            if items and isinstance(items[0], _Global):
+                self.consume(*items[1:])
+                return items[0]
+            if len(items) > 1 and items[0] == "module" and isinstance(items[1], _Global):
+                self.consume(*items[2:])
+                return items[1]
         # What persistent_load hands back may be any global inside the id.
         origins = _globals_in(pid)
         self.consume(pid)

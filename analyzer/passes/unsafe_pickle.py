@@ -2,9 +2,9 @@
 
 `unsafe-pickle`: globals outside the allowlist. Error when the file would execute code
 when unpickled — a global it calls, a dotted name, a name it keeps as a value (a function
-cannot be told from a class without importing it), or a payload torch refused; warning
-when its only unknowns are classes it instantiates without arguments and fills with
-their state (a pickled model whose package is not here). The severity comes from what
+cannot be told from a class without importing it); warning when its only unknowns are
+classes it instantiates without arguments and fills with their state (a pickled model
+whose package is not here), or when torch refuses a pickle that calls nothing. The severity comes from what
 the pickle does (load/pickle_scan.py), never from a list of names. `full-model-pickle`:
 a pickled module whose classes are all nn.Module classes checked by import (torch.nn,
 allowed packages) — safe, but `torch.load` refuses it by default since torch 2.6; the
@@ -57,7 +57,9 @@ def run(ctx: PassContext) -> list[Finding]:
 
 def _unsafe(ctx: PassContext, runs_code: list[ResolvedGlobal], classes: list[ResolvedGlobal]) -> Finding:
     checkpoint = ctx.checkpoint
-    error = bool(runs_code) or checkpoint.refused is not None
+    # Severity from the scan alone: torch refusing an opcode or a blocked module's class the
+    # restricted unpickler read fine is no code run, and a plain pickle has no torch to refuse.
+    error = bool(runs_code)
     recovered = (
         f"its {len(checkpoint.tensors)} tensors were read with placeholders standing in"
         if len(checkpoint.tensors)
@@ -70,7 +72,10 @@ def _unsafe(ctx: PassContext, runs_code: list[ResolvedGlobal], classes: list[Res
             f"code from the file when it is unpickled. Nothing was run here; {recovered}."
         )
     elif checkpoint.refused:
-        message = f"torch.load(weights_only=True) refuses the pickle ({checkpoint.refused}); nothing was run; {recovered}."
+        message = (
+            f"torch.load(weights_only=True) refuses the pickle ({checkpoint.refused}), although it calls nothing "
+            f"outside the allowlist; nothing was run; {recovered}."
+        )
     else:
         message = (
             f"The pickle instantiates {len(class_names)} class{'es' if len(class_names) != 1 else ''} outside the "
