@@ -13,6 +13,8 @@ fix is the exact `safe_globals` list.
 
 from __future__ import annotations
 
+import sys
+
 from ..load import ResolvedGlobal
 from ..load.placeholder import Placeholder, placeholder_target
 from ..load.policy import CALLS, DOTTED, DYNAMIC_NAME, NOT_A_CLASS, PROGRAM_MODULE, REFERENCES, gadget_label
@@ -30,7 +32,7 @@ _CLAUSES = (
     (CALLS, "calls {names}"),
     (DOTTED, "reaches {names} through dotted names that walk attributes out of their module"),
     (DYNAMIC_NAME, "computes the names of {names} while loading"),
-    (PROGRAM_MODULE, "imports {names} from modules that run a program when imported"),
+    (PROGRAM_MODULE, "imports {names} from module paths no class is defined in (`pkg.__main__` runs a program when imported)"),
     (NOT_A_CLASS, "names {names}, which are not classes"),
     (REFERENCES, "keeps {names} as values rather than classes it instantiates (a function cannot be told from a class without importing it)"),
 )
@@ -77,10 +79,12 @@ def _unsafe(ctx: PassContext, runs_code: list[ResolvedGlobal], classes: list[Res
             f"outside the allowlist; nothing was run; {recovered}."
         )
     else:
+        one = len(class_names) == 1
         message = (
-            f"The pickle instantiates {len(class_names)} class{'es' if len(class_names) != 1 else ''} outside the "
-            f"allowlist ({_list(class_names)}) and fills them with their saved state; {_WEIGHTS_ONLY_NOTE}. "
-            "Placeholders stood in for them, so the tensors were read without running any code, but the model cannot run."
+            f"The pickle instantiates {len(class_names)} class{'' if one else 'es'} outside the allowlist "
+            f"({_list(class_names)}) and fills {'it' if one else 'them'} with saved state; {_WEIGHTS_ONLY_NOTE}. "
+            f"Placeholders stood in for {'it' if one else 'them'}, so the tensors were read without running any code, "
+            "but the model cannot run."
         )
     evidence = {
         "globals": sorted({g.full_name for g in (*runs_code, *classes)}),
@@ -127,7 +131,8 @@ def _with(globals_: list[ResolvedGlobal], reason: str) -> list[str]:
 
 
 def _classes_fix(ctx: PassContext, classes: list[ResolvedGlobal]) -> str:
-    roots = sorted({g.ref.module.split(".")[0] for g in classes if g.ref.module != "__main__"})
+    # The standard library defines no nn.Module class: --allow-module of it would rebuild nothing.
+    roots = sorted({g.ref.module.split(".")[0] for g in classes} - set(sys.stdlib_module_names) - {"__main__"})
     parts = []
     if roots:
         parts.append(
