@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import _compat_pickle
 import copyreg
+import functools
 import pickletools
-from dataclasses import dataclass, field
-from typing import IO
+from collections.abc import Callable
+from typing import IO, NamedTuple
 
 __all__ = ["GlobalRef", "GlobalUse", "scan_pickle", "scan_globals", "PickleScanError", "DYNAMIC", "normalize"]
 
@@ -40,9 +41,8 @@ class PickleScanError(Exception):
     """The bytes are not a well-formed pickle."""
 
 
-@dataclass(frozen=True, order=True)
-class GlobalRef:
-    """A `module.name` global that the pickle imports."""
+class GlobalRef(NamedTuple):
+    """A `module.name` global that the pickle imports (a tuple: hashed in C, the walk's hot path)."""
 
     module: str
     name: str
@@ -58,8 +58,7 @@ class GlobalRef:
         return "." in self.name
 
 
-@dataclass(frozen=True)
-class GlobalUse:
+class GlobalUse(NamedTuple):
     """How one pickle uses one global."""
 
     #: Called (REDUCE, INST, OBJ, NEWOBJ with arguments, through a copyreg helper, or
@@ -70,7 +69,7 @@ class GlobalUse:
     #: Kept as a value, mutated, or discarded: any use that is not one of the above.
     referenced: bool = False
 
-    def __or__(self, other: GlobalUse) -> GlobalUse:
+    def __or__(self, other: GlobalUse) -> GlobalUse:  # type: ignore[override]
         return GlobalUse(
             self.called or other.called,
             self.instantiated or other.instantiated,
@@ -84,6 +83,7 @@ class GlobalUse:
         return self.instantiated and not self.called and not self.referenced
 
 
+_UNUSED = GlobalUse()
 _CALLED = GlobalUse(called=True)
 _INSTANTIATED = GlobalUse(instantiated=True)
 _REFERENCED = GlobalUse(referenced=True)
@@ -105,13 +105,16 @@ def scan_pickle(stream: IO[bytes], *, hands_back_classes: bool = False) -> dict[
     in the .tar format — so `BINPERSID` of such an id is `cls` itself.
     """
     walker = _Walker(hands_back_classes)
+    dispatch, generic = walker.dispatch, walker.generic
     try:
         for opcode, arg, _pos in pickletools.genops(stream):
-            walker.step(opcode, arg)
+            dispatch.get(opcode.name, generic)(opcode, arg)
     except PickleScanError:
         raise
     except (ValueError, EOFError, IndexError, KeyError, UnicodeDecodeError) as e:
         raise PickleScanError(str(e) or type(e).__name__) from e
+    finally:
+        dispatch.clear()  # its bound methods hold the walker: no cycle left for the collector
     return walker.uses
 
 
@@ -120,47 +123,101 @@ def scan_globals(stream: IO[bytes]) -> list[GlobalRef]:
     return list(scan_pickle(stream))
 
 
-# -- the simulated values ----------------------------------------------------------------
+# -- the simulated values (plain slotted classes: a large pickle makes millions) ---------------
 
 
-@dataclass(frozen=True, eq=False)
 class _Global:
-    ref: GlobalRef
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: GlobalRef) -> None:
+        self.ref = ref
 
 
-@dataclass(frozen=True, eq=False)
 class _Instance:
     """An object made from a class without running it; the class counts as called if it is."""
 
-    ref: GlobalRef
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: GlobalRef) -> None:
+        self.ref = ref
 
 
-@dataclass(frozen=True, eq=False)
 class _Tuple:
-    items: tuple[object, ...]
+    """A tuple that holds a global, or something that calling would run, somewhere inside."""
+
+    __slots__ = ("items", "holds_globals", "holds_origins")
+
+    def __init__(self, items: tuple[object, ...], holds_globals: bool = False, holds_origins: bool = False) -> None:
+        self.items = items
+        self.holds_globals = holds_globals
+        self.holds_origins = holds_origins
 
 
-@dataclass(eq=False)
 class _Dict:
-    empty: bool = True
+    __slots__ = ("empty",)
+
+    def __init__(self, empty: bool = True) -> None:
+        self.empty = empty
 
 
-@dataclass(frozen=True, eq=False)
 class _Derived:
     """Any other value; `origins` are the globals that calling it would run."""
 
-    origins: frozenset[GlobalRef] = field(default_factory=frozenset)
+    __slots__ = ("origins",)
+
+    def __init__(self, origins: frozenset[GlobalRef] = frozenset()) -> None:
+        self.origins = origins
 
 
-_MARK = object()
 _NONE = object()
 _UNKNOWN = _Derived()
+# Tuples of plain data (the sizes, strides and arguments of every tensor) are never looked
+# into again: two shared stand-ins, so that a large pickle allocates nothing for them.
+_EMPTY_TUPLE = _Tuple(())
+_DATA_TUPLE = _Tuple(())
+
+
+def _tuple(items: tuple[object, ...]) -> _Tuple:
+    holds_globals = holds_origins = False
+    for item in items:
+        if isinstance(item, _Global):
+            holds_globals = holds_origins = True
+        elif isinstance(item, _Tuple):
+            holds_globals = holds_globals or item.holds_globals
+            holds_origins = holds_origins or item.holds_origins
+        elif isinstance(item, _Instance) or (isinstance(item, _Derived) and item.origins):
+            holds_origins = True
+    if holds_globals or holds_origins:
+        return _Tuple(items, holds_globals, holds_origins)
+    return _DATA_TUPLE if items else _EMPTY_TUPLE
+
+
+@functools.lru_cache(maxsize=4096)
+def _global(ref: GlobalRef) -> _Global:
+    return _Global(ref)
+
+
+@functools.lru_cache(maxsize=4096)
+def _instance(ref: GlobalRef) -> _Instance:
+    return _Instance(ref)
+
+
+@functools.lru_cache(maxsize=4096)
+def _derived(origins: frozenset[GlobalRef]) -> _Derived:
+    return _Derived(origins) if origins else _UNKNOWN
+
 
 _RECONSTRUCTOR = GlobalRef("copyreg", "_reconstructor")
 _NEWOBJ = GlobalRef("copyreg", "__newobj__")
 _NEWOBJ_EX = GlobalRef("copyreg", "__newobj_ex__")
 _REBUILD_FROM_TYPE = GlobalRef("torch._tensor", "_rebuild_from_type_v2")
 _OBJECT = GlobalRef("builtins", "object")
+_HELPERS = frozenset({_RECONSTRUCTOR, _NEWOBJ, _NEWOBJ_EX, _REBUILD_FROM_TYPE})
+
+
+@functools.lru_cache(maxsize=None)
+def _or(current: GlobalUse, how: GlobalUse) -> GlobalUse:
+    return current | how
 
 
 class _Walker:
@@ -168,100 +225,129 @@ class _Walker:
         self.hands_back_classes = hands_back_classes
         self.uses: dict[GlobalRef, GlobalUse] = {}
         self.stack: list[object] = []
+        #: Where each open MARK stands in the stack.
+        self.marks: list[int] = []
         self.memo: dict[int, object] = {}
-        self.handlers = {name[len("_op_"):]: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
+        self.refs: dict[tuple[str, str], GlobalRef] = {}
+        self.dispatch: dict[str, Callable[[pickletools.OpcodeInfo, object], None]] = {
+            name[len("_op_"):]: getattr(self, name) for name in dir(self) if name.startswith("_op_")
+        }
+        self.dispatch.update(dict.fromkeys(_STRING_OPS, self.string))
+        self.dispatch.update(dict.fromkeys(_PUT_OPS, self.put))
+        self.dispatch.update(dict.fromkeys(_GET_OPS, self.get))
+        self.dispatch.update(dict.fromkeys(_EXT_OPS, self.extension))
+        self.dispatch.update(dict.fromkeys(_TUPLE_SIZES, self.small_tuple))
+        self.dispatch.update(dict.fromkeys(_FILL_OPS, self.fill_one))
+        self.dispatch.update(dict.fromkeys(_FILL_MARK_OPS, self.fill_many))
 
     # -- bookkeeping ----------------------------------------------------------------------
     def see(self, module: str, name: str) -> GlobalRef:
-        ref = GlobalRef(*normalize(module, name))
-        self.uses.setdefault(ref, GlobalUse())
+        ref = self.refs.get((module, name))
+        if ref is None:
+            ref = self.refs[module, name] = GlobalRef(*normalize(module, name))
+            self.uses.setdefault(ref, _UNUSED)
         return ref
 
     def use(self, ref: GlobalRef, how: GlobalUse) -> None:
-        self.uses[ref] = self.uses.get(ref, GlobalUse()) | how
+        current = self.uses.get(ref)
+        if current is None or current is _UNUSED:
+            self.uses[ref] = how
+        elif current != how:
+            self.uses[ref] = _or(current, how)
 
-    def push(self, value: object) -> None:
-        self.stack.append(value)
+    def floor(self) -> int:
+        """Stack index below which the current MARK hides everything (pickle's metastack)."""
+        return self.marks[-1] if self.marks else 0
 
     def pop(self) -> object:
-        if not self.stack or self.stack[-1] is _MARK:
+        stack = self.stack
+        if len(stack) <= (self.marks[-1] if self.marks else 0):
             raise PickleScanError("stack underflow")
-        return self.stack.pop()
+        return stack.pop()
 
     def top(self) -> object:
-        if not self.stack or self.stack[-1] is _MARK:
+        if len(self.stack) <= self.floor():
             raise PickleScanError("stack underflow")
         return self.stack[-1]
 
     def pop_mark(self, opcode: str) -> list[object]:
-        items: list[object] = []
-        while self.stack and self.stack[-1] is not _MARK:
-            items.append(self.stack.pop())
-        if not self.stack:
+        if not self.marks:
             raise PickleScanError(f"{opcode} without a MARK")
-        self.stack.pop()
-        items.reverse()
+        at = self.marks.pop()
+        items = self.stack[at:]
+        del self.stack[at:]
         return items
 
     def consume(self, *values: object) -> None:
-        """Values kept, stored or discarded: every global among them is used as a value.
-        Iterative with a visited set, so tuples shared through the memo cost once each."""
-        pending = list(values)
-        seen: set[int] = set()
-        while pending:
-            value = pending.pop()
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
+        """Values kept, stored or discarded: every global among them is used as a value."""
+        for value in values:
             if isinstance(value, _Global):
                 self.use(value.ref, _REFERENCED)
-            elif isinstance(value, _Tuple):
-                pending.extend(value.items)
+            elif isinstance(value, _Tuple) and value.holds_globals:
+                self.visit(value, collect=False)
+
+    def visit(self, value: object, collect: bool) -> frozenset[GlobalRef]:
+        """Every global in a tuple used as a value; with `collect`, also the globals that
+        calling whatever it holds would run. Iterative with a visited set, so tuples shared
+        through the memo cost once each."""
+        pending, seen, found = [value], set(), set()
+        while pending:
+            item = pending.pop()
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            if isinstance(item, _Global):
+                self.use(item.ref, _REFERENCED)
+                found.add(item.ref)
+            elif isinstance(item, _Tuple) and (item.holds_globals or (collect and item.holds_origins)):
+                pending.extend(item.items)
+            elif collect and isinstance(item, _Instance):
+                found.add(item.ref)
+            elif collect and isinstance(item, _Derived):
+                found.update(item.origins)
+        return frozenset(found) if collect else frozenset()
 
     def call(self, value: object) -> frozenset[GlobalRef]:
         """`value` is called: whatever global it came from runs."""
-        if isinstance(value, (_Global, _Instance)):
-            origins = frozenset({value.ref})
-        elif isinstance(value, _Derived):
-            origins = value.origins
-        else:
-            origins = frozenset()
+        origins = _origins_of(value)
         for ref in origins:
             self.use(ref, _CALLED)
         return origins
 
     # -- opcodes --------------------------------------------------------------------------
-    def step(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
-        name = opcode.name
-        handler = self.handlers.get(name)
-        if handler is not None:
-            handler(arg)
-        elif name in _STRING_OPS:
-            self.push(arg if isinstance(arg, str) else _UNKNOWN)
-        elif name in _PUT_OPS or name == "MEMOIZE":
-            if not self.stack or self.stack[-1] is _MARK:
-                raise PickleScanError(f"{name} on an empty stack")
-            self.memo[arg if name != "MEMOIZE" else len(self.memo)] = self.stack[-1]  # type: ignore[index]
-        elif name in _GET_OPS:
-            self.push(self.memo.get(arg, _UNKNOWN))  # type: ignore[arg-type]
-        elif name in _EXT_OPS:
-            key = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
-            ref = self.see(*key) if key else self.see(DYNAMIC, f"extension code {arg}")
-            self.push(_Global(ref))
-        elif name in _TUPLE_SIZES:
-            count = _TUPLE_SIZES[name]
-            items = [self.pop() for _ in range(count)]
-            self.push(_Tuple(tuple(reversed(items))))
-        elif name in _FILL_OPS:
-            items = [self.pop() for _ in range(_FILL_OPS[name])]
-            self.fill(self.top(), items)
-        elif name in _FILL_MARK_OPS:
-            items = self.pop_mark(name)
-            self.fill(self.top(), items)
-        else:
-            self.generic(opcode)
+    def string(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(arg if isinstance(arg, str) else _UNKNOWN)
 
-    def generic(self, opcode: pickletools.OpcodeInfo) -> None:
+    def put(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        stack = self.stack
+        if len(stack) <= (self.marks[-1] if self.marks else 0):
+            raise PickleScanError(f"{opcode.name} on an empty stack")
+        self.memo[arg] = stack[-1]  # type: ignore[index]
+
+    def _op_MEMOIZE(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.memo[len(self.memo)] = self.top()
+
+    def get(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(self.memo.get(arg, _UNKNOWN))  # type: ignore[arg-type]
+
+    def extension(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        key = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
+        ref = self.see(*key) if key else self.see(DYNAMIC, f"extension code {arg}")
+        self.stack.append(_global(ref))
+
+    def small_tuple(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        items = [self.pop() for _ in range(_TUPLE_SIZES[opcode.name])]
+        self.stack.append(_tuple(tuple(reversed(items))))
+
+    def fill_one(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        items = [self.pop() for _ in range(_FILL_OPS[opcode.name])]
+        self.fill(self.top(), items)
+
+    def fill_many(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        items = self.pop_mark(opcode.name)
+        self.fill(self.top(), items)
+
+    def generic(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         """Opcodes that build plain values: whatever they take is kept as a value."""
         before = opcode.stack_before
         if pickletools.markobject in before:
@@ -272,7 +358,7 @@ class _Walker:
             for _ in before:
                 self.consume(self.pop())
         for _ in opcode.stack_after:
-            self.push(_UNKNOWN)
+            self.stack.append(_UNKNOWN)
 
     def fill(self, target: object, items: list[object]) -> None:
         # APPEND/SETITEM/BUILD into a global itself mutates that module-level object.
@@ -282,105 +368,105 @@ class _Walker:
             target.empty = False
         self.consume(*items)
 
-    def _op_GLOBAL(self, arg: object) -> None:
+    def _op_GLOBAL(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         module, _, attr = str(arg).partition(" ")
-        self.push(_Global(self.see(module, attr)))
+        self.stack.append(_global(self.see(module, attr)))
 
-    def _op_STACK_GLOBAL(self, arg: object) -> None:
+    def _op_STACK_GLOBAL(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         attr = self.pop()
         module = self.pop()
         if isinstance(module, str) and isinstance(attr, str):
-            self.push(_Global(self.see(module, attr)))
+            self.stack.append(_global(self.see(module, attr)))
         else:
             self.consume(module, attr)
-            self.push(_Global(self.see(DYNAMIC, DYNAMIC)))
+            self.stack.append(_global(self.see(DYNAMIC, DYNAMIC)))
 
-    def _op_INST(self, arg: object) -> None:
+    def _op_INST(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         module, _, attr = str(arg).partition(" ")
         ref = self.see(module, attr)
         self.consume(*self.pop_mark("INST"))
         self.use(ref, _CALLED)
-        self.push(_Derived(frozenset({ref})))
+        self.stack.append(_derived(_single(ref)))
 
-    def _op_OBJ(self, arg: object) -> None:
+    def _op_OBJ(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         items = self.pop_mark("OBJ")
         if not items:
             raise PickleScanError("OBJ without a class")
-        self.push(self.reduce(items[0], _Tuple(tuple(items[1:]))))
+        self.stack.append(self.reduce(items[0], _tuple(tuple(items[1:]))))
 
-    def _op_REDUCE(self, arg: object) -> None:
+    def _op_REDUCE(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         args = self.pop()
         func = self.pop()
-        self.push(self.reduce(func, args))
+        self.stack.append(self.reduce(func, args))
 
-    def _op_NEWOBJ(self, arg: object) -> None:
+    def _op_NEWOBJ(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         args = self.pop()
         cls = self.pop()
-        self.push(self.new(cls, args, _Dict()))
+        self.stack.append(self.new(cls, args, _Dict()))
 
-    def _op_NEWOBJ_EX(self, arg: object) -> None:
+    def _op_NEWOBJ_EX(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         kwargs = self.pop()
         args = self.pop()
         cls = self.pop()
-        self.push(self.new(cls, args, kwargs))
+        self.stack.append(self.new(cls, args, kwargs))
 
-    def _op_BUILD(self, arg: object) -> None:
+    def _op_BUILD(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         state = self.pop()
         self.fill(self.top(), [state])
 
-    def _op_BINPERSID(self, arg: object) -> None:
-        self.push(self.persistent(self.pop()))
+    def _op_BINPERSID(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(self.persistent(self.pop()))
 
-    def _op_PERSID(self, arg: object) -> None:
-        self.push(_UNKNOWN)
+    def _op_PERSID(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(_UNKNOWN)
 
-    def _op_MARK(self, arg: object) -> None:
-        self.push(_MARK)
+    def _op_MARK(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.marks.append(len(self.stack))
 
-    def _op_POP(self, arg: object) -> None:
+    def _op_POP(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         self.consume(self.pop())
 
-    def _op_POP_MARK(self, arg: object) -> None:
+    def _op_POP_MARK(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         self.consume(*self.pop_mark("POP_MARK"))
 
-    def _op_DUP(self, arg: object) -> None:
-        self.push(self.top())
+    def _op_DUP(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(self.top())
 
-    def _op_TUPLE(self, arg: object) -> None:
-        self.push(_Tuple(tuple(self.pop_mark("TUPLE"))))
+    def _op_TUPLE(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(_tuple(tuple(self.pop_mark("TUPLE"))))
 
-    def _op_EMPTY_DICT(self, arg: object) -> None:
-        self.push(_Dict())
+    def _op_EMPTY_DICT(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(_Dict())
 
-    def _op_DICT(self, arg: object) -> None:
+    def _op_DICT(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         items = self.pop_mark("DICT")
         self.consume(*items)
-        self.push(_Dict(empty=not items))
+        self.stack.append(_Dict(empty=not items))
 
-    def _op_NONE(self, arg: object) -> None:
-        self.push(_NONE)
+    def _op_NONE(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(_NONE)
 
-    def _op_STOP(self, arg: object) -> None:
+    def _op_STOP(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         self.consume(self.pop())
 
-    def _op_PROTO(self, arg: object) -> None:
+    def _op_PROTO(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         pass
 
-    def _op_FRAME(self, arg: object) -> None:
+    def _op_FRAME(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         pass
 
     # -- calls ----------------------------------------------------------------------------
     def reduce(self, func: object, args: object) -> object:
         """`func(*args)`: copyreg's object-creation helpers instantiate their first
         argument; anything else is a call of whatever `func` came from."""
-        if isinstance(func, _Global) and isinstance(args, _Tuple):
+        if isinstance(func, _Global) and func.ref in _HELPERS and isinstance(args, _Tuple):
             self.use(func.ref, _CALLED)
             made = self.helper(func.ref, args.items)
             if made is not None:
                 return made
         origins = self.call(func)
         self.consume(args)
-        return _Derived(origins)
+        return _derived(origins)
 
     def helper(self, ref: GlobalRef, items: tuple[object, ...]) -> object | None:
         if ref == _RECONSTRUCTOR and len(items) == 3:
@@ -389,17 +475,19 @@ class _Walker:
                 self.use(base.ref, _INSTANTIATED)
                 return self.instantiate(cls)
             # Any other base is called with the state: base.__new__(cls, state), base.__init__(obj, state).
-            return _Derived(self.call(cls) | self.call(base) | self.kept(state))
+            origins = self.call(cls) | self.call(base)
+            self.consume(state)
+            return _derived(origins)
         if ref == _NEWOBJ and items:
-            return self.new(items[0], _Tuple(items[1:]), _Dict())
+            return self.new(items[0], _tuple(items[1:]), _Dict())
         if ref == _NEWOBJ_EX and len(items) == 3:
             return self.new(*items)
         if ref == _REBUILD_FROM_TYPE and len(items) == 4:
             func, new_type, args, state = items
             origins = self.call(func)  # func(*args) is called; new_type only wraps the result
-            made = self.instantiate(new_type) if isinstance(new_type, _Global) else _Derived(self.call(new_type))
+            made = self.instantiate(new_type) if isinstance(new_type, _Global) else _derived(self.call(new_type))
             self.consume(args, state)
-            return _Derived(origins | ({made.ref} if isinstance(made, _Instance) else frozenset()))
+            return _derived(origins | ({made.ref} if isinstance(made, _Instance) else frozenset()))
         return None
 
     def new(self, cls: object, args: object, kwargs: object) -> object:
@@ -408,15 +496,11 @@ class _Walker:
             return self.instantiate(cls)
         origins = self.call(cls)
         self.consume(args, kwargs)
-        return _Derived(origins)
+        return _derived(origins)
 
     def instantiate(self, cls: _Global) -> _Instance:
         self.use(cls.ref, _INSTANTIATED)
-        return _Instance(cls.ref)
-
-    def kept(self, value: object) -> frozenset[GlobalRef]:
-        self.consume(value)
-        return frozenset()
+        return _instance(cls.ref)
 
     def persistent(self, pid: object) -> object:
         if self.hands_back_classes and isinstance(pid, _Tuple):
@@ -428,27 +512,25 @@ class _Walker:
                 self.consume(*items[2:])
                 return items[1]
         # What persistent_load hands back may be any global inside the id.
-        origins = _globals_in(pid)
+        if isinstance(pid, _Tuple):
+            return _derived(self.visit(pid, collect=True))
+        origins = _origins_of(pid)
         self.consume(pid)
-        return _Derived(origins)
+        return _derived(origins)
 
 
 def _is_empty_tuple(value: object) -> bool:
-    return isinstance(value, _Tuple) and not value.items
+    return value is _EMPTY_TUPLE
 
 
-def _globals_in(value: object) -> frozenset[GlobalRef]:
-    found: set[GlobalRef] = set()
-    pending, seen = [value], set()
-    while pending:
-        item = pending.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, (_Global, _Instance)):
-            found.add(item.ref)
-        elif isinstance(item, _Derived):
-            found.update(item.origins)
-        elif isinstance(item, _Tuple):
-            pending.extend(item.items)
-    return frozenset(found)
+def _origins_of(value: object) -> frozenset[GlobalRef]:
+    if isinstance(value, (_Global, _Instance)):
+        return _single(value.ref)
+    if isinstance(value, _Derived):
+        return value.origins
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=4096)
+def _single(ref: GlobalRef) -> frozenset[GlobalRef]:
+    return frozenset({ref})

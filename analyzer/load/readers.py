@@ -213,7 +213,7 @@ def _fallback(policy: GlobalPolicy, path: Path, reason: str, read_restricted: Ca
     raw = _guarded(policy, path, read_restricted)
     if raw.loader != "refused":
         raw.notes.append(_FALLBACK_NOTE.format(reason=reason))
-    raw.refused = reason if raw.refused is None else raw.refused
+    raw.refused = reason  # what torch says is what the user meets
     return raw
 
 
