@@ -23,7 +23,6 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
