@@ -169,6 +169,9 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
         if fit.not_resizable:
             result.notes.append("cannot resize " + ", ".join(fit.not_resizable))
             return None, ""
+        if fit.narrower_heads:
+            listed = ", ".join(f"{name}: {heads}" for name, heads in list(fit.narrower_heads.items())[:3])
+            result.notes.append(f"attention rebuilt with a narrower head_dim, its head count kept ({listed})")
     try:
         _load_strict(model, checkpoint)
     except (RuntimeError, ValueError) as e:

@@ -83,6 +83,8 @@ class FitReport:
     unfit_heads: list[str] = field(default_factory=list)
     #: Fields set on a transformers model's config after resizing (num_attention_heads, ...).
     config_updates: dict[str, int] = field(default_factory=dict)
+    #: Attention modules rebuilt with a head_dim other than the dense one: name -> "4 heads of 6 (dense: 4 of 8)".
+    narrower_heads: dict[str, str] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
@@ -193,6 +195,10 @@ def resize_to(
     _retie(model, tied)
     hint = attention.config_heads(config)
     report.unfit_heads, fitted = attention.fit_heads(model, dense_heads, hint)
+    for name, heads in fitted.items():
+        before = dense_heads[name].heads
+        if heads.head_dim != before.head_dim:
+            report.narrower_heads[name] = f"{heads.heads} heads of {heads.head_dim} (dense: {before.heads} of {before.head_dim})"
     widths = _new_config_widths(dense_config, dense_shapes, shapes)
     report.config_updates = attention.update_config(model, fitted, len(dense_heads), widths)
 

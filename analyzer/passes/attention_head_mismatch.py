@@ -70,13 +70,14 @@ def broken_sites(ctx: PassContext) -> list[Checked]:
         if site.name in ran:
             continue  # its forward ran on these widths: whatever it reshapes by, they fit
         heads, strict = _heads(site, modules.get(site.name), config, reference_modules.get(site.name), reference_sites.get(site.name))
-        if heads.head_dim is None and site.kind != "in_proj":
-            continue
-        problems = _problems(site, heads, strict)
+        if heads.head_dim is None and site.kind == "fused":
+            continue  # nothing to divide a fused projection by
+        failed_here = failure is not None and _failed_in(failure.module, failure.stack, site.name)
+        # Stale attributes matter where forward failed in the module (or nothing ran): a
+        # module may well not read num_heads at all (transformers' ViT reshapes by head_dim).
+        problems = _problems(site, heads, strict, attributes=model is None or failed_here)
         if problems:
-            error = None
-            if failure is not None and _failed_in(failure.module, failure.stack, site.name):
-                error = f"{failure.exception_type}: {failure.message}"
+            error = f"{failure.exception_type}: {failure.message}" if failed_here and failure is not None else None
             broken.append(Checked(site, heads, problems, error))
     return broken
 
@@ -120,35 +121,42 @@ def _heads(
     return own, True
 
 
-def _problems(site: AttentionSite, heads: Heads, strict: bool) -> list[str]:
+def _problems(site: AttentionSite, heads: Heads, strict: bool, attributes: bool) -> list[str]:
+    """What no longer fits; `strict`: the heads are what forward uses; `attributes`: check the
+    module's head-count attributes against the widths too."""
     if site.kind == "in_proj":
         return _in_proj_problems(site, heads, strict)
     if site.kind == "fused":
-        return _fused_problems(site, heads, strict)
-    return _separate_problems(site, heads, strict)
+        return _fused_problems(site, heads, strict, attributes)
+    return _separate_problems(site, heads, strict, attributes)
 
 
-def _separate_problems(site: AttentionSite, heads: Heads, strict: bool) -> list[str]:
+def _separate_problems(site: AttentionSite, heads: Heads, strict: bool, attributes: bool) -> list[str]:
     q, k, v, o = site.q, site.k, site.v, site.o
-    assert q is not None and k is not None and v is not None and heads.head_dim is not None
+    assert q is not None and k is not None and v is not None
     d = heads.head_dim
     problems = []
-    if k.out != v.out:
-        problems.append(f"{k.leaf} has {k.out} rows but {v.leaf} {v.out}: keys and values must have the same heads")
-    if not strict and _narrower_heads_fit(q.out, k.out, v.out, heads):
-        pass  # whole heads kept, each narrower (head-dim pruning): consistent
-    else:
+    if d is not None and not (not strict and _narrower_heads_fit(q.out, k.out, v.out, heads)):
         for projection in (q, k, v):
             if projection.out % d:
                 problems.append(_not_whole(projection, d, heads.source))
-        if not problems and k.out and (q.out // d) % (k.out // d):
+        if not problems and k.out != v.out:
+            problems.append(f"{k.leaf} holds {k.out // d} heads but {v.leaf} {v.out // d}: keys and values must have the same heads")
+        if not problems and (q.out // d) % (k.out // d):
             problems.append(
                 f"{q.out // d} query heads do not split into groups over {k.out // d} key/value heads "
                 f"(grouped-query attention needs num_key_value_heads to divide num_attention_heads)"
             )
+    if not problems and k.out and q.out % k.out:
+        # Whatever head_dim is, queries and keys share it and query heads are a whole number of
+        # groups of key/value heads: q's rows are a multiple of k's.
+        problems.append(
+            f"{q.leaf} has {q.out} rows: not a whole multiple of {k.leaf}'s {k.out} — queries and keys share "
+            "head_dim, and query heads must be a whole number of groups of key/value heads"
+        )
     if o is not None and o.inp != q.out:
         problems.append(f"{o.leaf} reads {o.inp} inputs but {q.leaf} gives {q.out}")
-    if strict and not problems:
+    if strict and attributes and not problems and d is not None:
         problems += _attribute_problems(q.out // d, k.out // d, heads, q.leaf)
     return problems
 
@@ -162,7 +170,7 @@ def _narrower_heads_fit(q: int, k: int, v: int, heads: Heads) -> bool:
     return q // h == k // kv and q // h != heads.head_dim
 
 
-def _fused_problems(site: AttentionSite, heads: Heads, strict: bool) -> list[str]:
+def _fused_problems(site: AttentionSite, heads: Heads, strict: bool, attributes: bool) -> list[str]:
     fused = site.fused
     assert fused is not None and heads.head_dim is not None
     d, parts = heads.head_dim, site.parts
@@ -180,7 +188,7 @@ def _fused_problems(site: AttentionSite, heads: Heads, strict: bool) -> list[str
     width = site.query_width
     if site.o is not None and width is not None and not problems and site.q is None and site.o.inp != width:
         problems.append(f"{site.o.leaf} reads {site.o.inp} inputs but {fused.leaf} gives {width} per part")
-    if strict and not problems and width is not None and kv is None:
+    if strict and attributes and not problems and width is not None and kv is None:
         problems += _attribute_problems(width // d, width // d, heads, fused.leaf)
     return problems
 
@@ -285,6 +293,7 @@ def _evidence(checked: Checked) -> dict[str, object]:
 
 
 _FIX_CODE = """\
+import torch
 import torch_pruning as tp
 
 model = ...  # the dense model, before pruning

@@ -79,12 +79,16 @@ def _attention_module(ctx: PassContext, failure: ForwardFailure) -> str | None:
     × width), within the module that was running. None when the failure is no such reshape."""
     sites = sites_from_layers(ctx.layers, lambda name: ctx.checkpoint.meta(name)[0])
     names = {site.name for site in sites}
-    running = next((name for name in reversed(failure.stack) if name in names), None)
     if failure.module in names:
         return failure.module
     match = _RESHAPE.search(failure.message)
     if match is None:
         return None
+    # an attention module holding the failing one, or running around it (its hooks may not
+    # have fired: a parent that calls attn.forward() directly)
+    parts = failure.module.split(".")
+    holding = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in names), None)
+    running = holding or next((name for name in reversed(failure.stack) if name in names), None)
     if running is not None:
         return running
     dims = [int(d) for d in match.group(1).split(",") if d.strip()]
