@@ -9,11 +9,13 @@ the cut leaves (counted here), and the error the pruned model in memory raises.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 from analyzer import api
 from analyzer.load import load_checkpoint
@@ -180,6 +182,15 @@ def test_keys_and_values_with_different_heads(folder: Path) -> None:
     assert "k_proj holds 2 heads but v_proj 1" in finding.message
 
 
+def test_output_projection_that_no_longer_reads_the_heads(folder: Path) -> None:
+    state = {k: v.clone() for k, v in tm.llama().state_dict().items()}
+    key = f"{ATTN0}.o_proj.weight"
+    state[key] = state[key][:, :48].clone()  # reads 3 heads; q_proj still gives 4
+    finding = _one(_static(_save(state, folder, "llama_o_cut"), tm.llama().config.to_dict()))
+    assert finding.modules == [ATTN0]
+    assert "o_proj reads 48 inputs but q_proj gives 64" in finding.message
+
+
 # -- fused projections --------------------------------------------------------------------------
 
 
@@ -206,6 +217,29 @@ def test_torch_pruning_without_the_head_recipe_breaks_a_fused_qkv(folder: Path) 
     assert dense.attn.qkv.out_features == 3 * dense.attn.num_heads * 8 and dense.attn.num_heads == 2
     with torch.no_grad():
         assert dense(torch.randn(tm.IMAGE)).shape == (1, 5)
+
+
+def test_head_recipe_without_the_attribute_update_names_the_stale_attribute(folder: Path) -> None:
+    """Whole heads removed (qkv 96 -> 48 rows, head_dim 8 kept), num_heads left at 4: the model
+    saved whole fails as in memory, and the finding names the attribute to update."""
+    model = tm.tiny_vit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp.pruner.MetaPruner(
+            model, torch.randn(tm.IMAGE), importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5,
+            ignored_layers=[model.head], num_heads={model.attn.qkv: 4}, prune_num_heads=True, prune_head_dims=False,
+            head_pruning_ratio=0.5,
+        ).step()
+    assert model.attn.qkv.out_features == 48 and model.attn.num_heads == 4  # the recipe's update not done
+    expected_error = _error_of(model, torch.randn(tm.IMAGE))
+    path = folder / "tiny_vit_stale.pth"
+    torch.save(model, path)
+    report = api.analyze(path, allow_modules=("tests",), input_shape=tm.IMAGE)
+    finding = _one(report.findings)
+    assert finding.modules == ["attn"]
+    assert "num_heads attribute is 4 but qkv holds 2 heads of 8" in finding.message
+    assert expected_error in finding.message
+    assert "attn.num_heads = attn.qkv.out_features // 3 // 8" in finding.fix_code
 
 
 def test_gpt2_fused_c_attn_cut_inside_a_head(folder: Path) -> None:
@@ -281,14 +315,20 @@ class SplitHeads(nn.Module):
 
 
 class HandAttention(nn.Module):
-    def __init__(self, dim: int = 32) -> None:
+    """Heads of 16 split by a helper module, or (inline) in its own forward."""
+
+    def __init__(self, inline: bool, dim: int = 32) -> None:
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.o_proj = nn.Linear(dim, dim)
         self.split = SplitHeads(16)
+        self.inline = inline
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], -1, 16).transpose(1, 2) if self.inline else self.split(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.split(self.q_proj(x)), self.split(self.k_proj(x)), self.split(self.v_proj(x))
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         out = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
         return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
@@ -296,7 +336,7 @@ class HandAttention(nn.Module):
 class Block(nn.Module):
     def __init__(self, direct: bool) -> None:
         super().__init__()
-        self.attn = HandAttention()
+        self.attn = HandAttention(inline=direct)
         self.direct = direct
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,9 +369,10 @@ def hand_model_direct() -> HandModel:
 
 @pytest.mark.parametrize("arch", ["hand_model", "hand_model_direct"])
 def test_a_failed_reshape_into_heads_names_its_attention_module(folder: Path, arch: str) -> None:
-    """q, k and v cut alike to 24 (head_dim 16 is fixed inside a helper module): nothing says
-    head_dim statically, so forward-failure reports it — at the attention module, whether the
-    reshape ran in a child module or the attention's forward was called past its hooks."""
+    """q, k and v cut alike to 24 where heads are 16 wide: nothing says head_dim statically, so
+    forward-failure reports it — at the attention module, whether the reshape ran in a child
+    of it (hand_model) or in its own forward called past its hooks (hand_model_direct: the
+    innermost module hooks saw is the block)."""
     state = {k: v.clone() for k, v in hand_model().state_dict().items()}
     for projection in ("q_proj", "k_proj", "v_proj"):
         state[f"blocks.0.attn.{projection}.weight"] = state[f"blocks.0.attn.{projection}.weight"][:24].clone()

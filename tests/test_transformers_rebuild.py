@@ -23,6 +23,7 @@ from analyzer.model.fit import PRUNED, WRONG_ARCH
 from analyzer.report.model import Finding, Report
 from analyzer.tensors.layers import build_layers
 from analyzer.load import load_checkpoint
+from analyzer.model import rebuild_pruned
 
 from . import transformers_models as tm
 
@@ -119,6 +120,23 @@ def test_load_pruned_vit_gives_the_pruned_model_back(vit_pruned) -> None:
         if hasattr(attn, "q_proj"):
             assert (attn.num_attention_heads, attn.head_dim) == (2, 8), name
     assert (rebuilt.config.num_attention_heads, rebuilt.config.hidden_size) == (2, 16)
+    assert rebuilt.config.intermediate_size == model.vit.layers[0].mlp.fc1.out_features == 32
+
+
+def test_head_dim_pruned_vit_is_rebuilt_as_its_config_json_says(folder: Path) -> None:
+    """4 heads of 6 or 3 heads of 8? The widths (24) hold both; an updated config.json says which."""
+    model = tm.prune_vit_head_dims(tm.vit())
+    attn = model.vit.layers[0].attention
+    assert (attn.q_proj.out_features, attn.num_attention_heads, attn.head_dim) == (24, 4, 6)
+    path = _saved(model, folder, "vit_head_dims")
+    checkpoint = load_checkpoint(path)
+    checkpoint.config = model.config.to_dict()  # as read from the model folder's config.json
+    rebuilt = rebuild_pruned(checkpoint, tm.vit)
+    rebuilt_attn = rebuilt.vit.layers[0].attention
+    assert (rebuilt_attn.num_attention_heads, rebuilt_attn.head_dim, rebuilt_attn.scaling) == (4, 6, 6**-0.5)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _assert_close(rebuilt(x).logits, model(x).logits)
 
 
 # -- ConvNeXt: layer scales, channels-first LayerNorms, depthwise convs --------------------

@@ -194,6 +194,32 @@ def prune_vit_heads(model: ViTForImageClassification, ratio: float = 0.5) -> ViT
     return model
 
 
+def prune_vit_head_dims(model: ViTForImageClassification, ratio: float = 0.25) -> ViTForImageClassification:
+    """torch-pruning's ViT recipe with its default head-dim pruning: every head kept, the same
+    dims removed from each; then the attributes, and config.json, as from_pretrained reads them."""
+    attentions = [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "num_attention_heads")]
+    num_heads = {p: m.num_attention_heads for m in attentions for p in (m.q_proj, m.k_proj, m.v_proj)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp.pruner.MetaPruner(
+            model,
+            torch.randn(IMAGE),
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[model.classifier],
+            output_transform=lambda out: out.logits.sum(),
+            num_heads=num_heads,
+            prune_num_heads=False,
+            prune_head_dims=True,
+        ).step()
+    for m in attentions:
+        m.head_dim = m.q_proj.out_features // m.num_attention_heads
+        m.scaling = m.head_dim**-0.5  # what from_pretrained computes from the updated config
+    model.config.hidden_size = model.classifier.in_features
+    model.config.intermediate_size = model.vit.layers[0].mlp.fc1.out_features
+    return model
+
+
 def prune_tiny_vit_heads(model: TinyViT, ratio: float = 0.5) -> TinyViT:
     """torch-pruning's timm ViT recipe on a fused qkv: num_heads={qkv: heads}, then the attributes."""
     with warnings.catch_warnings():

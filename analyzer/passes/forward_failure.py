@@ -74,9 +74,9 @@ _RESHAPE = re.compile(r"shape '\[([-\d, ]+)\]' is invalid for input of size (\d+
 
 
 def _attention_module(ctx: PassContext, failure: ForwardFailure) -> str | None:
-    """The attention module a failed reshape into heads belongs to: the innermost one that
-    was running, else the one whose projection width the reshaped size is (batch × tokens
-    × width), within the module that was running. None when the failure is no such reshape."""
+    """The attention module a failed reshape into heads belongs to: the failing module, or the
+    attention module holding it, else the one inside it whose projection width the reshaped
+    size is (batch × tokens × width). None when the failure is no such reshape."""
     sites = sites_from_layers(ctx.layers, lambda name: ctx.checkpoint.meta(name)[0])
     names = {site.name for site in sites}
     if failure.module in names:
@@ -84,13 +84,13 @@ def _attention_module(ctx: PassContext, failure: ForwardFailure) -> str | None:
     match = _RESHAPE.search(failure.message)
     if match is None:
         return None
-    # an attention module holding the failing one, or running around it (its hooks may not
-    # have fired: a parent that calls attn.forward() directly)
+    # the attention module holding the failing one (a helper that splits heads)
     parts = failure.module.split(".")
     holding = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in names), None)
-    running = holding or next((name for name in reversed(failure.stack) if name in names), None)
-    if running is not None:
-        return running
+    if holding is not None:
+        return holding
+    # else the reshape ran in a parent (attn.forward() called past its hooks, or heads split
+    # in the block): the attention module inside it whose projections are that wide
     dims = [int(d) for d in match.group(1).split(",") if d.strip()]
     size = int(match.group(2))
     leading = math.prod(d for d in dims[:-2] if d > 0) or 1  # (batch, tokens, heads, head_dim)
