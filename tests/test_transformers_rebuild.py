@@ -165,6 +165,7 @@ def test_root_level_parameters_and_fused_qkv_heads_are_rebuilt(tiny_vit_pruned) 
     assert rebuilt.cls_token.shape == model.cls_token.shape and rebuilt.pos_embed.shape == model.pos_embed.shape
     assert (rebuilt.attn.num_heads, rebuilt.attn.head_dim) == (2, 8)
     assert rebuilt.ls1.gamma.shape == model.ls1.gamma.shape
+    assert rebuilt.hidden_dim == 24  # the model's own attribute, read by its forward
     x = torch.randn(tm.IMAGE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         _assert_close(rebuilt(x), model(x))

@@ -138,10 +138,12 @@ class LayerScale(nn.Module):
 
 
 class TinyViT(nn.Module):
-    """timm's VisionTransformer layout: cls_token and pos_embed on the model itself."""
+    """timm's VisionTransformer layout: cls_token and pos_embed on the model itself; and, as
+    torchvision's, a hidden_dim its forward reshapes by."""
 
     def __init__(self, dim: int = 32, heads: int = 4, classes: int = 5) -> None:
         super().__init__()
+        self.hidden_dim = dim
         self.patch_embed = nn.Conv2d(3, dim, 8, 8)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
@@ -152,7 +154,7 @@ class TinyViT(nn.Module):
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = self.patch_embed(x).reshape(x.shape[0], self.hidden_dim, -1).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = x + self.ls1(self.attn(self.norm1(x)))
         return self.head(self.norm(x)[:, 0])
@@ -239,7 +241,9 @@ def prune_tiny_vit_heads(model: TinyViT, ratio: float = 0.5) -> TinyViT:
     model.attn.num_heads = pruner.num_heads[model.attn.qkv]
     model.attn.head_dim = model.attn.qkv.out_features // (3 * model.attn.num_heads)
     # then the embedding width (cls_token, pos_embed, norms, layer scale), heads left alone
-    return metaprune(model, torch.randn(IMAGE), 0.25, ignored_layers=[model.head, model.attn.qkv])  # type: ignore[return-value]
+    metaprune(model, torch.randn(IMAGE), 0.25, ignored_layers=[model.head, model.attn.qkv])
+    model.hidden_dim = model.patch_embed.out_channels  # as torch-pruning's torchvision ViT recipe does
+    return model
 
 
 def metaprune(model: nn.Module, example: torch.Tensor, ratio: float, **kwargs: object) -> nn.Module:

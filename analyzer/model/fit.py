@@ -236,8 +236,11 @@ def _tensor_names(module: nn.Module) -> list[str]:
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-#: Size attributes of a module whose tensors are all one 1-d size (a norm, a layer scale).
-_SIZE_ATTRS = ("hidden_size", "dim", "normalized_shape", "num_features", "num_channels", "channels", "d_model", "embed_dim")
+#: Size attributes of other modules, updated where their own tensors change that size.
+_SIZE_ATTRS = (
+    "hidden_size", "hidden_dim", "dim", "normalized_shape", "num_features", "num_channels", "channels", "d_model",
+    "embed_dim", "width",
+)
 
 
 def _resize_module(module: nn.Module, shapes: dict[str, tuple[int, ...]], mismatched: set[str]) -> str | None:
@@ -292,7 +295,7 @@ def _set_layer_attributes(module: nn.Module, shapes: dict[str, tuple[int, ...]])
         _set_if_int(module, "nf", weight[1])  # transformers' Conv1D: (in, out) storage, nf outputs
         _set_if_int(module, "nx", weight[0])
     else:
-        _set_norm_like_attributes(module, shapes)
+        _set_size_attributes(module, shapes)
     return None
 
 
@@ -307,23 +310,29 @@ def _set_mha_attributes(module: nn.MultiheadAttention, shapes: dict[str, tuple[i
     return None  # heads, head_dim, kdim and vdim follow in attention.fit_heads
 
 
-def _set_norm_like_attributes(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
-    """A module whose tensors are all 1-d of one length (LlamaRMSNorm, a layer scale): the
-    size attributes it keeps of that length follow it."""
-    sizes = {shape for shape in shapes.values()}
-    if len(sizes) != 1 or len(next(iter(sizes))) != 1:
-        return
-    (new,) = next(iter(sizes))
-    olds = {tuple(t.shape) for t in (*module._parameters.values(), *module._buffers.values()) if t is not None}
-    if len(olds) != 1 or len(next(iter(olds))) != 1:
-        return
-    (old,) = next(iter(olds))
-    for name in _SIZE_ATTRS:
-        value = getattr(module, name, None)
-        if value == old and isinstance(value, int) and not isinstance(value, bool):
-            setattr(module, name, new)
-        elif value == (old,):
-            setattr(module, name, (new,))
+def _set_size_attributes(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Any other module (a custom RMSNorm, a layer scale, torchvision's VisionTransformer
+    holding class_token and the hidden_dim its forward reshapes by): the size attributes it
+    keeps of a dimension its own tensors changed follow that dimension, where the change is
+    one (every tensor narrowed from that size to the same new size)."""
+    changes: dict[int, set[int]] = {}
+    for name, new in shapes.items():
+        old = module._parameters.get(name, module._buffers.get(name))
+        if old is None or old.dim() != len(new):
+            continue
+        for before, after in zip(old.shape, new):
+            if before != after:
+                changes.setdefault(before, set()).add(after)
+    for before, after in changes.items():
+        if len(after) != 1:
+            continue
+        (new_size,) = after
+        for name in _SIZE_ATTRS:
+            value = getattr(module, name, None)
+            if value == before and isinstance(value, int) and not isinstance(value, bool):
+                setattr(module, name, new_size)
+            elif value == (before,):
+                setattr(module, name, (new_size,))
 
 
 def _set_if_int(module: nn.Module, name: str, value: int) -> None:
