@@ -302,3 +302,44 @@ def test_conv1d_layers_are_rebuilt_narrower(folder: Path) -> None:
     rebuilt = load_pruned(path, tm.gpt2)
     assert (rebuilt.transformer.h[1].mlp.c_fc.nf, rebuilt.transformer.h[1].mlp.c_proj.nx) == (64, 64)
     _assert_close(_run_lm(rebuilt), _run_lm(model))
+
+
+# -- tied weights stored once (save_pretrained keeps the embedding, drops lm_head) -------------
+
+
+class _TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(tm.VOCAB, 32)
+        self.mix = nn.Linear(32, 32)
+        self.lm_head = nn.Linear(32, tm.VOCAB, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(torch.tanh(self.mix(self.embed(ids))))
+
+
+def tied_lm() -> _TiedLM:
+    torch.manual_seed(0)
+    return _TiedLM().eval()
+
+
+def test_tied_embedding_stored_once_is_rebuilt_and_tied_again(folder: Path) -> None:
+    model = tied_lm()
+    keep = torch.tensor([c for c in range(32) if c % 4 != 3])  # 24 of 32 hidden channels
+    state = {
+        "embed.weight": model.embed.weight.data[:, keep].clone(),
+        "mix.weight": model.mix.weight.data[keep][:, keep].clone(),
+        "mix.bias": model.mix.bias.data[keep].clone(),
+    }  # no lm_head.weight: it is the embedding
+    path = folder / "tied.pth"
+    torch.save(state, path)
+    rebuilt = load_pruned(path, tied_lm)
+    assert rebuilt.lm_head.weight is rebuilt.embed.weight and rebuilt.lm_head.in_features == 24
+    ids = tm.tokens(seed=2).tensors[0]
+    pruned = tied_lm()
+    pruned.embed.weight = nn.Parameter(state["embed.weight"])
+    pruned.lm_head.weight = pruned.embed.weight
+    pruned.mix.weight, pruned.mix.bias = nn.Parameter(state["mix.weight"]), nn.Parameter(state["mix.bias"])
+    with torch.no_grad():
+        _assert_close(rebuilt(ids), pruned(ids))

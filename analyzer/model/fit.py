@@ -192,7 +192,7 @@ def resize_to(
             report.not_resizable.append(f"{owner_label(mismatches[0].key)} ({why})")
     if report.not_resizable:
         return
-    _retie(model, tied)
+    _retie(model, tied, shapes)
     hint = attention.config_heads(config)
     report.unfit_heads, fitted = attention.fit_heads(model, dense_heads, hint)
     for name, heads in fitted.items():
@@ -211,23 +211,26 @@ def tied_keys(model: nn.Module) -> dict[str, set[str]]:
     return {key: set(keys) - {key} for keys in by_tensor.values() if len(keys) > 1 for key in keys}
 
 
-def _retie(model: nn.Module, tied: Mapping[str, set[str]]) -> None:
-    """Resizing replaced tied parameters one by one: share them again (one tensor, loaded once)."""
+def _retie(model: nn.Module, tied: Mapping[str, set[str]], stored: Mapping[str, tuple[int, ...]]) -> None:
+    """Resizing replaced tied parameters one by one: share them again (one tensor, loaded once),
+    the one the checkpoint stores (save_pretrained keeps the embedding, drops lm_head)."""
     modules = dict(model.named_modules())
     done: set[str] = set()
     for key, others in tied.items():
         if key in done:
             continue
-        owner, _, local = key.rpartition(".")
+        group = sorted({key, *others}, key=lambda k: k not in stored)  # a stored one first
+        done |= set(group)
+        owner, _, local = group[0].rpartition(".")
         shared = modules[owner]._parameters.get(local) if owner in modules else None
         if shared is None:
             continue
-        for other in others:
+        for other in group[1:]:
             module, _, name = other.rpartition(".")
             target = modules.get(module)
-            if target is not None and name in target._parameters and target._parameters[name].shape == shared.shape:
+            if target is not None and target._parameters.get(name) is not None and target._parameters[name] is not shared:
                 target._parameters[name] = shared
-        done |= others | {key}
+                _set_layer_attributes(target, {name: tuple(shared.shape)})  # lm_head follows its embedding
 
 
 def _tensor_names(module: nn.Module) -> list[str]:
