@@ -243,6 +243,21 @@ def test_head_recipe_without_the_attribute_update_names_the_stale_attribute(fold
     assert "attn.num_heads = attn.qkv.out_features // 3 // 8" in finding.fix_code
 
 
+def test_head_dim_from_the_dense_baseline(folder: Path) -> None:
+    """A state dict with no config and no --arch, against a dense model saved whole: head_dim
+    comes from the baseline's attention module."""
+    dense_path = folder / "tiny_vit_dense_full.pth"
+    torch.save(tm.tiny_vit(), dense_path)
+    state = {k: v.clone() for k, v in tm.tiny_vit().state_dict().items()}
+    state["attn.qkv.weight"], state["attn.qkv.bias"] = state["attn.qkv.weight"][:90].clone(), state["attn.qkv.bias"][:90].clone()
+    state["attn.proj.weight"] = state["attn.proj.weight"][:, :30].clone()
+    path = _save(state, folder, "tiny_vit_qkv_90")
+    report = api.analyze(path, baseline=dense_path, allow_modules=("tests",))
+    finding = _one(report.findings)
+    assert finding.modules == ["attn"]
+    assert "qkv has 90 rows: not 3 equal parts of whole heads of head_dim 8 (3.75 heads each; head_dim from the dense reference)" in finding.message
+
+
 def test_gpt2_fused_c_attn_cut_inside_a_head(folder: Path) -> None:
     state = {k: v.clone() for k, v in tm.gpt2().state_dict().items()}
     name = "transformer.h.1.attn.c_attn"

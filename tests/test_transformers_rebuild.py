@@ -264,6 +264,20 @@ def test_head_pruned_language_models_are_rebuilt_and_run_on_token_ids(
     _assert_close(_run_lm(rebuilt), _run_lm(model))
 
 
+def test_hidden_width_cut_resizes_rms_norms_embeddings_and_the_config(folder: Path) -> None:
+    model = tm.llama()
+    tm.remove_heads(model, 0, [0, 2], [0, 2])
+    tm.cut_hidden(model, torch.tensor([c for c in range(64) if c % 4]))  # 48 of 64
+    path = _saved(model, folder, "llama_hidden_48")
+    rebuilt = load_pruned(path, tm.llama)
+    norm = rebuilt.model.layers[1].input_layernorm
+    assert type(norm).__name__ == "LlamaRMSNorm" and norm.weight.shape == (48,)
+    assert rebuilt.model.embed_tokens.embedding_dim == 48 and rebuilt.lm_head.in_features == 48
+    assert rebuilt.config.hidden_size == 48  # one width in every layer: the config says it
+    assert rebuilt.config.num_attention_heads == 4 and rebuilt.config.head_dim == 16  # heads differ per layer
+    _assert_close(_run_lm(rebuilt), _run_lm(model))
+
+
 # -- GPT-2: transformers' Conv1D stores (in, out) ----------------------------------------------
 
 
@@ -336,6 +350,7 @@ def test_tied_embedding_stored_once_is_rebuilt_and_tied_again(folder: Path) -> N
     torch.save(state, path)
     rebuilt = load_pruned(path, tied_lm)
     assert rebuilt.lm_head.weight is rebuilt.embed.weight and rebuilt.lm_head.in_features == 24
+    assert rebuilt.embed.embedding_dim == 24
     ids = tm.tokens(seed=2).tensors[0]
     pruned = tied_lm()
     pruned.embed.weight = nn.Parameter(state["embed.weight"])

@@ -289,3 +289,21 @@ def cut_mlp(model: nn.Module, layer: int, keep: int) -> None:
     _keep_rows(mlp.gate_proj, rows)
     _keep_rows(mlp.up_proj, rows)
     _keep_columns(mlp.down_proj, rows)
+
+
+def cut_hidden(model: nn.Module, keep: torch.Tensor) -> None:
+    """Keep the hidden (residual) channels `keep` everywhere in a Llama-style model, by hand."""
+    inner = model.model
+    inner.embed_tokens.weight = nn.Parameter(inner.embed_tokens.weight.data[:, keep].clone())
+    inner.embed_tokens.embedding_dim = len(keep)
+    norms = [inner.norm]
+    for layer in inner.layers:
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        attn, mlp = layer.self_attn, layer.mlp
+        for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+            _keep_columns(linear, keep)
+        for linear in (attn.o_proj, mlp.down_proj):
+            _keep_rows(linear, keep)
+    for norm in norms:
+        norm.weight = nn.Parameter(norm.weight.data[keep].clone())
+    _keep_columns(model.lm_head, keep)
