@@ -21,7 +21,7 @@ from ..errors import AnalyzerError, BuildError, UsageError
 from ..load import Checkpoint, LoadOptions, load_checkpoint
 from ..load.placeholder import Placeholder
 from .factory import build_dense, load_factory, parse_input_shape
-from .fit import PRUNED, FitReport, compare, resize_to
+from .fit import PRUNED, FitReport, compare, resize_to, tied_keys
 from .inputs import ExampleInput, default_input_shape, random_input
 from .trace import ForwardFailure, ModuleCall, Trace, run_traced
 
@@ -115,7 +115,9 @@ def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module
     module, _ = _runnable_module(checkpoint, build_dense(factory), result)
     if module is None:
         fit = result.fit
-        why = f"{fit.cause}; " if fit and fit.cause else ""
+        why = f"{fit.explanation}; " if fit and fit.explanation else ""
+        if fit is not None and fit.not_resizable:
+            raise BuildError(f"{checkpoint.path}: cannot rebuild the model from the factory ({fit.explanation})")
         detail = "; ".join(result.notes) or _first_mismatches(fit)
         raise BuildError(f"{checkpoint.path}: cannot rebuild the model from the factory ({why}{detail})")
     return module
@@ -163,10 +165,13 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
     if not fit.fits:
         if fit.cause != PRUNED:
             return None, ""
-        resize_to(model, shapes, fit)
+        resize_to(model, shapes, fit, checkpoint.config)
         if fit.not_resizable:
             result.notes.append("cannot resize " + ", ".join(fit.not_resizable))
             return None, ""
+        if fit.narrower_heads:
+            listed = ", ".join(f"{name}: {heads}" for name, heads in list(fit.narrower_heads.items())[:3])
+            result.notes.append(f"attention rebuilt with a narrower head_dim, its head count kept ({listed})")
     try:
         _load_strict(model, checkpoint)
     except (RuntimeError, ValueError) as e:
@@ -189,7 +194,10 @@ def _load_strict(model: nn.Module, checkpoint: Checkpoint) -> None:
     expected = model.state_dict()
     state = {k: checkpoint.effective(k) for k in checkpoint.effective_names() if k in expected}
     outcome = model.load_state_dict(state, strict=False)
-    missing = [k for k in outcome.missing_keys if not k.endswith("num_batches_tracked")]
+    tied = tied_keys(model)  # a tied weight stored once is loaded through its twin
+    missing = [
+        k for k in outcome.missing_keys if not k.endswith("num_batches_tracked") and not (tied.get(k, set()) & set(state))
+    ]
     if missing or outcome.unexpected_keys:
         raise RuntimeError(f"missing {missing[:5]}, unexpected {outcome.unexpected_keys[:5]}")
 

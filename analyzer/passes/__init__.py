@@ -12,6 +12,7 @@ from ..errors import AnalyzerError
 from ..report.model import Finding
 from ..profile.diagnose import diagnose
 from . import (
+    attention_head_mismatch,
     channel_removal,
     forward_failure,
     head_shape_mismatch,
@@ -47,6 +48,7 @@ PASSES: tuple[tuple[str, Pass], ...] = (
     ("forward pass", forward_failure.run),
     ("residual and concat checks", residual_mismatch.run),
     ("detection heads", head_shape_mismatch.run),
+    ("attention heads", attention_head_mismatch.run),
     ("tensor health", tensor_health.run),
     ("zero patterns", sparsity.run),
     ("zeroed channels", zeroed_channels.run),

@@ -58,9 +58,23 @@ def run(ctx: PassContext) -> list[Finding]:
                 "layers_missing": missing_layers,
                 "reference": reference.source,
             },
-            fix="Nothing to fix: removed channels are what makes a pruned model faster. Check widths with unaligned-channels.",
+            fix=_fix(ctx, narrower),
         )
     ]
+
+
+def _fix(ctx: PassContext, narrower: dict[str, list[int]]) -> str:
+    """Nothing to fix — unless some of the narrowed layers broke their attention heads."""
+    from .attention_head_mismatch import broken_sites
+
+    broken = [c.site.name for c in broken_sites(ctx) if any(p.name in narrower for p in c.site.projections())]
+    if broken:
+        return (
+            f"The removal broke the attention heads of {', '.join(broken[:4])}"
+            f"{f' and {len(broken) - 4} more' if len(broken) > 4 else ''}: see attention-head-mismatch. "
+            "The other removed channels are what makes a pruned model faster."
+        )
+    return "Nothing to fix: removed channels are what makes a pruned model faster. Check widths with unaligned-channels."
 
 
 def _is_buffer_name(name: str) -> bool:

@@ -84,11 +84,12 @@ class PassContext:
         if stats.nonzero is None or stats.layout == "sparse":
             return None  # no data, or a layout whose zeros are not stored
         if (layer.is_conv or layer.is_linear) and len(layer.shape) >= 2:
-            if stats.nonzero == stats.numel and layer.shape[0]:
-                return dense_pattern(layer.shape)  # no zero at all: skip the structure scan
-            tensor = self.tensor(weight)
-            if layer.type.startswith("ConvTranspose"):
-                tensor = tensor.transpose(0, 1)  # stored (in, out, *k): patterns are about outputs
+            out, inp = layer.out_width(), layer.in_width()
+            if stats.nonzero == stats.numel and out:
+                # no zero at all: skip the structure scan
+                return dense_pattern((out, inp, *layer.shape[2:]))  # type: ignore[arg-type]
+            # patterns are about outputs: ConvTranspose and Conv1D store (in, out, ...)
+            tensor = layer.oriented(self.tensor(weight))
             return weight_pattern(tensor, self.options.zero_tol, zeros=stats.numel - stats.nonzero)
         if layer.is_batchnorm and len(layer.shape) == 1:
             bias = layer.params.get("bias")

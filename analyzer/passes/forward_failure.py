@@ -3,13 +3,20 @@
 Any exception of the forward pass becomes this finding, at the innermost module that
 was running when it was raised — never a traceback. Passes that can explain the
 failure better (residual and head checks) report their own kind for the same module.
+A reshape into (batch, tokens, heads, head_dim) that fails is attributed to the attention
+module that does it, however deep the call that raised.
 """
 
 from __future__ import annotations
 
+import math
+import re
+
+from ..model.attention import sites_from_layers
 from ..model.inputs import ExampleInput
+from ..model.trace import ForwardFailure
 from ..report.model import Finding, Severity
-from . import residual_mismatch
+from . import attention_head_mismatch, residual_mismatch
 from .context import PassContext
 
 KIND = "forward-failure"
@@ -23,7 +30,9 @@ def run(ctx: PassContext) -> list[Finding]:
     assert failure is not None
     if _in_a_head(ctx, failure.module) or residual_mismatch.explains(ctx):
         return []  # the head and residual checks explain this one
-    where = failure.module or "<model>"
+    if attention_head_mismatch.explains(ctx):
+        return []  # reported as attention-head-mismatch, with the widths and the fix
+    where = _attention_module(ctx, failure) or failure.module or "<model>"
     return [
         Finding(
             kind=KIND,
@@ -59,3 +68,36 @@ def _in_a_head(ctx: PassContext, module: str) -> bool:
     from .head_shape_mismatch import detected_heads
 
     return any(module == head.conv or head.conv.startswith(module + ".") for head in detected_heads(ctx) if module)
+
+
+_RESHAPE = re.compile(r"shape '\[([-\d, ]+)\]' is invalid for input of size (\d+)")
+
+
+def _attention_module(ctx: PassContext, failure: ForwardFailure) -> str | None:
+    """The attention module a failed reshape into heads belongs to: the failing module, or the
+    attention module holding it, else the one inside it whose projection width the reshaped
+    size is (batch × tokens × width). None when the failure is no such reshape."""
+    sites = sites_from_layers(ctx.layers, lambda name: ctx.checkpoint.meta(name)[0])
+    names = {site.name for site in sites}
+    if failure.module in names:
+        return failure.module
+    match = _RESHAPE.search(failure.message)
+    if match is None:
+        return None
+    # the attention module holding the failing one (a helper that splits heads)
+    parts = failure.module.split(".")
+    holding = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in names), None)
+    if holding is not None:
+        return holding
+    # else the reshape ran in a parent (attn.forward() called past its hooks, or heads split
+    # in the block): the attention module inside it whose projections are that wide
+    dims = [int(d) for d in match.group(1).split(",") if d.strip()]
+    size = int(match.group(2))
+    leading = math.prod(d for d in dims[:-2] if d > 0) or 1  # (batch, tokens, heads, head_dim)
+    if size % leading:
+        return None
+    width = size // leading
+    inside = [s for s in sites if not failure.module or s.name.startswith(failure.module + ".") or s.name == failure.module]
+    widths = [s for s in inside if any(p.out == width or p.out == 3 * width for p in s.projections())]
+    return widths[0].name if len(widths) == 1 else None
+

@@ -8,7 +8,7 @@ architecture or variant), and the exact code that fixes it.
 
 from __future__ import annotations
 
-from ..model.fit import PREFIX, PRUNED, WRONG_ARCH, FitReport
+from ..model.fit import PREFIX, PRUNED, WRONG_ARCH, FitReport, owner_label
 from ..report.model import Finding, Severity
 from .context import PassContext
 
@@ -46,10 +46,9 @@ def run(ctx: PassContext) -> list[Finding]:
 def _finding(ctx: PassContext, fit: FitReport) -> Finding:
     path = str(ctx.checkpoint.path)
     arch = ctx.reference.source.removeprefix("--arch ") if ctx.reference else "pkg.module:factory"
-    by_module = {
-        module: {m.key.rpartition(".")[2]: [list(m.checkpoint_shape), list(m.model_shape)] for m in mismatches}
-        for module, mismatches in fit.by_module().items()
-    }
+    by_module: dict[str, dict[str, list[list[int]]]] = {}
+    for m in fit.mismatched:  # the model's own tensors (timm's cls_token) by name, never module ''
+        by_module.setdefault(owner_label(m.key), {})[m.key.rpartition(".")[2]] = [list(m.checkpoint_shape), list(m.model_shape)]
     evidence = {
         "cause": fit.cause,
         "size_mismatch_by_module": dict(list(by_module.items())[:50]),
@@ -61,7 +60,7 @@ def _finding(ctx: PassContext, fit: FitReport) -> Finding:
         "prefix": fit.prefix,
         "not_resizable": fit.not_resizable,
     }
-    modules = list(by_module) or sorted({k.rpartition(".")[0] for k in fit.missing + fit.unexpected})
+    modules = list(by_module) or sorted({owner_label(k) for k in fit.missing + fit.unexpected})
     summary = _summary(fit)
     if fit.cause == PREFIX:
         assert fit.prefix is not None

@@ -85,10 +85,8 @@ def _input_widths(ctx: PassContext) -> dict[str, int]:
         module = modules.get(layer.name)
         if isinstance(module, nn.modules.conv._ConvNd):
             widths[layer.name] = module.in_channels
-        elif layer.type.startswith("ConvTranspose"):
-            widths[layer.name] = layer.shape[0]
-        elif layer.shape[1] == 1 and layer.is_conv:
+        elif layer.is_conv and layer.in_width() == 1 and not layer.type.startswith("ConvTranspose"):
             widths[layer.name] = layer.shape[0]  # depthwise (groups unknown without a module)
         else:
-            widths[layer.name] = layer.shape[1]
+            widths[layer.name] = layer.in_width()  # type: ignore[assignment]
     return widths

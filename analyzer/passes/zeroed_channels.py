@@ -284,5 +284,5 @@ def _removal_code(ctx: PassContext, removals: list[tuple[str, list[int]]]) -> st
 
 def _out_params_per_channel(ctx: PassContext, layer: Layer) -> int:
     shape = layer.shape or (1,)
-    per_channel = math.prod(shape[1:]) if len(shape) > 1 else 1
+    per_channel = math.prod(shape) // max(layer.out_width() or shape[0], 1) if len(shape) > 1 else 1
     return per_channel + (1 if "bias" in layer.params else 0)

@@ -14,6 +14,7 @@ PRIORITY = (
     "state-dict-mismatch",
     "residual-mismatch",
     "head-shape-mismatch",
+    "attention-head-mismatch",
     "forward-failure",
     "non-finite-weights",
     "invalid-sparse-tensor",
