@@ -47,7 +47,7 @@ def is_model_folder(path: Path) -> bool:
     """A directory (it must hold a save_pretrained layout), or a shard index file (by its content)."""
     if path.is_dir():
         return True
-    return _parse_index(path, quiet=True) is not None
+    return _looks_like_index(path)
 
 
 def load_folder(path: Path, read_file: ReadFile, progress: Progress | None = None) -> Checkpoint:
@@ -57,12 +57,10 @@ def load_folder(path: Path, read_file: ReadFile, progress: Progress | None = Non
     progress = progress or NullProgress()
     folder, weights, notes = _resolve(path)
     if weights.name.endswith(".index.json"):
-        index = _parse_index(weights, quiet=False)
-        assert index is not None
-        weight_map, index_metadata = index
+        weight_map, index_metadata = _parse_index(weights)
     else:
         weight_map, index_metadata = None, {}
-    shard_names = list(dict.fromkeys(weight_map.values())) if weight_map is not None else [weights.name]
+    shard_names = sorted(set(weight_map.values())) if weight_map is not None else [weights.name]
     shards: list[_Shard] = []
     header_bytes = 0
     for number, name in enumerate(shard_names, 1):
@@ -262,29 +260,24 @@ def _describe_folder(path: Path) -> str:
     return f"is a directory without model weights (it holds {shown}); {expected}"
 
 
-def _parse_index(path: Path, quiet: bool) -> tuple[dict[str, str], dict[str, Any]] | None:
-    """(weight_map, metadata) of a shard index. quiet: None for anything that is not one (no error)."""
+def _looks_like_index(path: Path) -> bool:
+    """A JSON object with a weight_map: what save_pretrained writes next to its shards (by content)."""
     try:
         if not path.is_file() or path.stat().st_size > MAX_INDEX_BYTES:
-            if quiet:
-                return None
-            raise InputError(f"{path}: a shard index must be a file of at most {MAX_INDEX_BYTES >> 20} MB")
+            return False
         with open(path, "rb") as f:
-            if quiet and not f.read(64).lstrip().startswith(b"{"):
-                return None
-    except OSError as e:
-        if quiet:
-            return None
-        raise InputError(f"{path}: cannot read the shard index ({e.strerror})") from e
-    try:
-        data = _read_json(path, MAX_INDEX_BYTES, "shard index")
-    except InputError:
-        if quiet:
-            return None
-        raise
+            if not f.read(64).lstrip().startswith(b"{"):
+                return False
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "weight_map" in data
+
+
+def _parse_index(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """(weight_map, metadata) of a shard index, checked: every entry names a shard beside it."""
+    data = _read_json(path, MAX_INDEX_BYTES, "shard index")
     if not isinstance(data, dict) or "weight_map" not in data:
-        if quiet:
-            return None
         raise InputError(f"{path}: a shard index must be a JSON object with a weight_map")
     weight_map, metadata = data["weight_map"], data.get("metadata") or {}
     if not isinstance(weight_map, dict) or not weight_map or not isinstance(metadata, dict):
@@ -400,7 +393,7 @@ def notes_beside(path: Path) -> list[str]:
         if not index_path.is_file():
             continue
         try:
-            index = _parse_index(index_path, quiet=True)
+            index = _parse_index(index_path)
         except InputError:
             index = None
         if index is not None and path.name in index[0].values():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import logging
 import math
 import re
@@ -63,7 +62,12 @@ class ConfigUnusable(Exception):
 
 
 def available() -> bool:
-    return importlib.util.find_spec("transformers") is not None
+    """Whether transformers can be imported (the optional analyzer[transformers] extra)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def is_transformers_model(module: nn.Module) -> bool:
