@@ -423,3 +423,13 @@ def test_a_config_too_deep_is_left_out_with_a_note(dense_folders: dict[str, Path
     (folder / "config.json").write_text("[" * 100 + "]" * 100)
     report = analyze(folder)
     assert any("nests" in note for note in report.notes) and report.summary.macs is None
+
+
+def test_a_config_asking_for_a_million_layers_is_not_built(dense_folders: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(dense_folders["llama"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 10**6
+    (folder / "config.json").write_text(json.dumps(config))
+    report = analyze(folder)
+    assert any("asks for more layers (1000000)" in note for note in report.notes), report.notes
+    assert _kinds(report, "error") == []

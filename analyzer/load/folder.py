@@ -327,10 +327,13 @@ def _custom_code_notes(folder: Path, config: dict[str, Any] | None) -> list[str]
 
 def _read_json(path: Path, limit: int, what: str) -> Any:
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise InputError(f"{path}: {what} of {size} bytes is over the {limit >> 20} MB limit")
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():
+            raise InputError(f"{path}: the {what} is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)  # never more than the limit, whatever the size says
+        if len(raw) > limit:
+            raise InputError(f"{path}: the {what} is over the {limit >> 20} MB limit")
+        text = raw.decode("utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read the {what} ({e.strerror})") from e
     except UnicodeDecodeError as e:

@@ -169,7 +169,7 @@ def _dense_from_config(checkpoint: Checkpoint, result: Build) -> nn.Module | Non
         )
         return None
     try:
-        return hf.dense_from_config(checkpoint.config)
+        return hf.dense_from_config(checkpoint.config, tensors=len(checkpoint.tensors))
     except hf.ConfigUnusable as e:
         result.notes.append(f"config.json is not used as the dense architecture: {e}")
         return None

@@ -51,7 +51,7 @@ __all__ = [
 
 INSTALL_HINT = "pip install 'analyzer[transformers]'"
 #: A config whose model takes longer than this to build (on meta!) is not a real one.
-_BUILD_SECONDS = 120.0
+_BUILD_SECONDS = 60.0
 #: Integer config fields probed when the tensors do not fit the config.
 _MAX_PROBES = 48
 _MAX_FIELD_VALUE = 10**7
@@ -78,9 +78,28 @@ def is_transformers_model(module: nn.Module) -> bool:
 # -- building ---------------------------------------------------------------------------------
 
 
-def dense_from_config(config: Mapping[str, Any]) -> nn.Module:
-    """The dense model of config.json: parameters on meta, buffers computed on the CPU, eval mode."""
+def dense_from_config(config: Mapping[str, Any], tensors: int | None = None) -> nn.Module:
+    """The dense model of config.json: parameters on meta, buffers computed on the CPU, eval mode.
+
+    tensors: how many tensors the checkpoint holds; a config asking for more layers than that
+    is not this checkpoint's (and a crafted one would take ages to build)."""
+    if tensors is not None:
+        _check_layer_counts(config, tensors)
     return _build(config, buffers_on_meta=False).eval()
+
+
+#: Fields that count layers (num_hidden_layers, n_layer, depths, decoder_layers), not thresholds like max_window_layers.
+_LAYER_COUNT = re.compile(r"(num|n)_\w*layers?|depths?|(en|de)coder_layers")
+
+
+def _check_layer_counts(config: Mapping[str, Any], tensors: int, depth: int = 0) -> None:
+    for key, value in config.items():
+        counts = value if isinstance(value, list) else [value]
+        if _LAYER_COUNT.fullmatch(str(key)) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            if sum(counts) > max(tensors, 1):
+                raise ConfigUnusable(f"its {key} asks for more layers ({sum(counts)}) than the checkpoint has tensors ({tensors})")
+        elif isinstance(value, Mapping) and depth < 2:
+            _check_layer_counts(value, tensors, depth + 1)
 
 
 def config_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
