@@ -433,3 +433,16 @@ def test_a_config_asking_for_a_million_layers_is_not_built(dense_folders: dict[s
     report = analyze(folder)
     assert any("asks for more layers (1000000)" in note for note in report.notes), report.notes
     assert _kinds(report, "error") == []
+
+
+def test_buffers_older_checkpoints_saved_are_ignored_as_transformers_does(dense_folders: dict[str, Path], tmp_path: Path) -> None:
+    """Checkpoints from older transformers hold bert.embeddings.position_ids, a buffer the model
+    now computes itself: from_pretrained ignores it, and so must the fit."""
+    folder = _copy(dense_folders["bert"], tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["bert.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    transformers.AutoModelForMaskedLM.from_pretrained(folder)  # loads: the oracle
+    report = analyze(folder)
+    assert _kinds(report, "error", "warning") == [] and report.summary.macs
+    assert any("bert.embeddings.position_ids" in note for note in report.notes)

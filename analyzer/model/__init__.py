@@ -176,26 +176,37 @@ def _dense_from_config(checkpoint: Checkpoint, result: Build) -> nn.Module | Non
 
 
 def _adopt_transformers_names(checkpoint: Checkpoint, dense: nn.Module | None, result: Build) -> nn.Module | None:
-    """A transformers model loads some checkpoints under other names (ViT's encoder.layer.N →
-    layers.N): the checkpoint is seen under the model's names. None when names cannot be
-    matched one to one (transformers merges tensors while loading)."""
+    """The checkpoint as transformers loads it into `dense`: under the model's names (ViT's
+    encoder.layer.N → layers.N), without the tensors it drops (buffers the model computes
+    itself, names its class declares ignorable). None when names cannot be matched one to
+    one (transformers merges tensors while loading)."""
     if dense is None or not hf.is_transformers_model(dense):
         return dense
     renaming, why = hf.checkpoint_renaming(dense, list(checkpoint.tensors))
     if renaming is None:
         result.notes.append(f"{why}: the dense model is not compared with the tensors name by name")
         return None
+    stored = {renaming.get(name, name): name for name in checkpoint.tensors}
+    if len(stored) != len(checkpoint.tensors):
+        result.notes.append("transformers would load two tensors under one name: the dense model is not compared")
+        return None
+    dropped = hf.ignored_when_loading(dense, list(stored))
+    for name in dropped:
+        del stored[name]
+    if not renaming and not dropped:
+        return dense
+    checkpoint.tensors = hf.RenamedTensorStore(checkpoint.tensors, stored)
+    checkpoint.masks = find_masks(list(checkpoint.tensors))
     if renaming:
-        stored = {renaming.get(name, name): name for name in checkpoint.tensors}
-        if len(stored) != len(checkpoint.tensors):
-            result.notes.append("transformers would load two tensors under one name: the dense model is not compared")
-            return None
-        checkpoint.tensors = hf.RenamedTensorStore(checkpoint.tensors, stored)
-        checkpoint.masks = find_masks(list(checkpoint.tensors))
         first = next(iter(renaming.items()))
         result.notes.append(
             f"tensors are named as transformers loads them into {type(dense).__name__}: {len(renaming)} renamed "
             f"(e.g. {first[0]} → {first[1]})"
+        )
+    if dropped:
+        result.notes.append(
+            f"{len(dropped)} tensors that transformers ignores when loading {type(dense).__name__} were left out "
+            f"(buffers it computes itself, e.g. {dropped[0]})"
         )
     return dense
 

@@ -46,6 +46,7 @@ __all__ = [
     "checkpoint_renaming",
     "fit_config",
     "apply_patch",
+    "ignored_when_loading",
     "INSTALL_HINT",
 ]
 
@@ -283,26 +284,21 @@ class ConfigFit:
 
 def fit_config(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> ConfigFit:
     """Whether config.json gives the tensors' `shapes` (model names, tied names filled in), and if
-    not, the config fields and values that do."""
+    not, the config fields and values that do. Only tensors both have are compared: missing and
+    unexpected ones are the generic check's (from_pretrained loads past them, with a warning)."""
     base = dict(config)
     reference = config_shapes(base)
-    if _same(reference, shapes):
+    common = [k for k in reference if k in shapes and not k.endswith("num_batches_tracked")]
+    mismatched = [k for k in common if tuple(shapes[k]) != reference[k]]
+    if not mismatched:
         return ConfigFit(fits=True)
-    mismatched = [k for k in reference if k in shapes and tuple(shapes[k]) != reference[k]]
-    first = (mismatched[0], tuple(shapes[mismatched[0]]), reference[mismatched[0]]) if mismatched else None
+    first = (mismatched[0], tuple(shapes[mismatched[0]]), reference[mismatched[0]])
     narrower = all(len(shapes[k]) == len(reference[k]) and all(a <= b for a, b in zip(shapes[k], reference[k])) for k in mismatched)
     result = ConfigFit(fits=False, narrower=narrower, first_mismatch=first)
-    missing = [k for k in reference if k not in shapes and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in shapes if k not in reference]
-    if missing or unexpected:
-        result.reason = (
-            f"{len(missing)} tensors config.json implies are missing and {len(unexpected)} are unexpected "
-            "(layers added or removed, or another architecture), which no width field explains"
-        )
-        return result
+    held = {k: tuple(shapes[k]) for k in common}
     pinned = _pin_head_dim(base, reference)
     exponents = _exponents(pinned, reference)
-    equations = _equations(reference, shapes, exponents)
+    equations = _equations(reference, held, exponents)
     unexplained = [eq for eq in equations if not eq.powers and eq.ratio != 1]
     if unexplained:
         eq = unexplained[0]
@@ -314,7 +310,7 @@ def fit_config(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]])
         result.reason = "widths differ between layers"
         return result
     for values in _solutions(equations, pinned):
-        patch = _verified_patch(base, pinned, values, shapes)
+        patch = _verified_patch(base, pinned, values, held, set(reference))
         if patch is not None:
             result.patch = patch
             result.changes = {_dotted(f): (_get(base, f, None), v) for f, v in _flatten(patch, base).items()}
@@ -332,14 +328,6 @@ def apply_patch(config: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = copy.deepcopy(value)
     return merged
-
-
-def _same(reference: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]]) -> bool:
-    """The same tensors with the same shapes (a BatchNorm's step counter may be left out)."""
-    def relevant(table: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v) for k, v in table.items() if not k.endswith("num_batches_tracked")}
-
-    return relevant(reference) == relevant(shapes)
 
 
 def _pin_head_dim(config: dict[str, Any], reference: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -545,10 +533,10 @@ def _propagate(equations: list[_Equation], config: Mapping[str, Any], known: dic
 
 
 def _verified_patch(
-    config: dict[str, Any], pinned: dict[str, Any], values: dict[Field, int], shapes: Mapping[str, tuple[int, ...]]
+    config: dict[str, Any], pinned: dict[str, Any], values: dict[Field, int], held: Mapping[str, tuple[int, ...]], keys: set[str]
 ) -> dict[str, Any] | None:
     """The smallest patch to config.json (changed fields only; head_dim only when needed) whose
-    model has exactly the tensors' shapes."""
+    model has the same tensors as config.json's and exactly the shapes the checkpoint holds."""
     changed = {f: v for f, v in values.items() if v != _get(pinned, f)}
     if not changed:
         return None
@@ -560,11 +548,25 @@ def _verified_patch(
         for path, value in candidate.items():
             patched = _set(patched, path, value)
         try:
-            if _same(config_shapes(patched), shapes):
-                return _nested(candidate, patched)
+            built = config_shapes(patched)
         except ConfigUnusable:
             continue
+        if set(built) == keys and all(built[k] == v for k, v in held.items()):
+            return _nested(candidate, patched)
     return None
+
+
+def ignored_when_loading(model: nn.Module, names: list[str]) -> list[str]:
+    """Checkpoint tensors transformers drops when it loads `model`: buffers the model computes
+    itself (non-persistent: position_ids, rotary inv_freq that older versions saved), and the
+    names its class declares ignorable (_keys_to_ignore_on_load_unexpected)."""
+    computed = {
+        f"{module_name}.{buffer}" if module_name else buffer
+        for module_name, module in model.named_modules()
+        for buffer in getattr(module, "_non_persistent_buffers_set", ())
+    }
+    patterns = [p for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []) if isinstance(p, str)]
+    return [n for n in names if n in computed or any(re.search(p, n) for p in patterns)]
 
 
 def _nested(changes: dict[Field, int], patched: Mapping[str, Any]) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def _config_finding(ctx: PassContext, fit: ConfigFit) -> Finding | None:
             fix_code=_CONFIG_LOAD_PRUNED_CODE.format(path=str(ctx.checkpoint.path)),
         )
     model_fit = ctx.build.fit
-    if fit.narrower and not (model_fit is not None and model_fit.cause == WRONG_ARCH and not _only_narrower(model_fit)):
+    if first is not None and fit.narrower and not (model_fit is not None and model_fit.cause == WRONG_ARCH and not _only_narrower(model_fit)):
         evidence.update(reason=fit.reason)
         return Finding(
             kind=KIND,
