@@ -250,6 +250,8 @@ def test_stale_config_gives_the_fields_that_load(factory: str, expected: dict[st
     finding = _finding(report, "state-dict-mismatch")
     assert finding.severity.value == "error" and "config.json not updated" in finding.message
     assert finding.evidence["config_patch"] == expected
+    # 2 heads of 16 or 4 heads of 8 give the same shapes; the other reading is offered too.
+    assert finding.evidence["alternative_patch"] == {"hidden_size": 48, "intermediate_size": 96, "head_dim": 8}
     exec(finding.fix_code, {})  # the fix as printed, applied to the folder's config.json
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = torch.randint(0, VOCAB, (1, 6))

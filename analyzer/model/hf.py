@@ -270,6 +270,9 @@ class ConfigFit:
     fits: bool
     #: config.json's changes that make every shape fit, as JSON (nested like the file); verified.
     patch: dict[str, Any] | None = None
+    #: Another patch that fits the shapes as well (q_proj rows = heads × head_dim: fewer heads, or
+    #: narrower heads); `patch` keeps head_dim, as torch-pruning's head pruning does.
+    alternative: dict[str, Any] | None = None
     #: Dotted field -> (value in config.json, value the tensors need).
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     #: Dimensions whose width differs between layers: "tensor dim N (fields)" -> {width: [modules]}.
@@ -311,11 +314,15 @@ def fit_config(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]])
         return result
     for values in _solutions(equations, pinned):
         patch = _verified_patch(base, pinned, values, held, set(reference))
-        if patch is not None:
-            result.patch = patch
-            result.changes = {_dotted(f): (_get(base, f, None), v) for f, v in _flatten(patch, base).items()}
+        if patch is None or patch == result.patch:
+            continue
+        if result.patch is not None:
+            result.alternative = patch  # shapes alone cannot tell these apart
             return result
-    result.reason = "no setting of config.json's fields gives these shapes"
+        result.patch = patch
+        result.changes = {_dotted(f): (_get(base, f, None), v) for f, v in _flatten(patch, base).items()}
+    if result.patch is None:
+        result.reason = "no setting of config.json's fields gives these shapes"
     return result
 
 
@@ -552,7 +559,8 @@ def _verified_patch(
         except ConfigUnusable:
             continue
         if set(built) == keys and all(built[k] == v for k, v in held.items()):
-            return _nested(candidate, patched)
+            order = {key: i for i, key in enumerate(config)}
+            return _nested(dict(sorted(candidate.items(), key=lambda item: order.get(item[0][0], len(order)))), patched)
     return None
 
 

@@ -94,13 +94,20 @@ def _config_finding(ctx: PassContext, fit: ConfigFit) -> Finding | None:
         changes = ", ".join(f"{name} {old if old is not None else '(not set)'} → {new}" for name, (old, new) in fit.changes.items())
         lead = "Pruned, config.json not updated" if fit.narrower else "config.json does not describe these tensors"
         evidence.update(config_patch=fit.patch, changes={k: [old, new] for k, (old, new) in fit.changes.items()})
+        alternative = ""
+        if fit.alternative is not None:
+            evidence.update(alternative_patch=fit.alternative)
+            alternative = (
+                " This keeps head_dim, as pruning whole heads does; if head dimensions were pruned instead, "
+                f"the shapes fit {json.dumps(fit.alternative)} as well."
+            )
         return Finding(
             kind=KIND,
             severity=Severity.ERROR,
             modules=modules,
             message=(
                 f"{lead}: the tensors need {changes}, but config.json still gives "
-                f"{'the dense widths' if fit.narrower else 'other widths'}, so {failure}."
+                f"{'the dense widths' if fit.narrower else 'other widths'}, so {failure}.{alternative}"
             ),
             evidence=evidence,
             fix=f"Set these fields in {config_path} (then from_pretrained loads the folder): {json.dumps(fit.patch)}",
