@@ -370,6 +370,11 @@ def _unlisted_tensor(folder: Path) -> None:
     save_file({**load_file(shard), "extra.weight": torch.zeros(3)}, shard)
 
 
+def _truncated_shard(folder: Path) -> None:
+    shard = _shard_files(folder)[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+
+
 def _listed_in_the_wrong_shard(folder: Path) -> None:
     names = [p.name for p in _shard_files(folder)]
     _rewrite_index(folder, lambda wm: wm.update({k: names[1] if v == names[0] else v for k, v in list(wm.items())}))
@@ -391,6 +396,7 @@ def _duplicate_key(folder: Path) -> None:
         (_unlisted_tensor, "the index does not list (extra.weight)"),
         (_listed_in_the_wrong_shard, "which does not hold it"),
         (_duplicate_key, "twice"),
+        (_truncated_shard, "a malformed safetensors shard"),
     ],
 )
 def test_bad_folders_are_one_line_exit_2(damage: Any, says: str, layouts: dict[str, Path], tmp_path: Path, run_cli: Any, unchanged: Any) -> None:
@@ -448,3 +454,22 @@ def test_buffers_older_checkpoints_saved_are_ignored_as_transformers_does(dense_
     report = analyze(folder)
     assert _kinds(report, "error", "warning") == [] and report.summary.macs
     assert any("bert.embeddings.position_ids" in note for note in report.notes)
+
+
+def test_nothing_is_downloaded_for_a_config_that_names_a_hub_backbone(
+    dense_folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DETR-like configs name a backbone repo; transformers looks it up on the Hub while it
+    reads the config. Building from config.json must not reach the network at all."""
+    import socket
+
+    attempts: list[Any] = []
+    real_connect, real_lookup = socket.socket.connect, socket.getaddrinfo
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *a: attempts.append(a) or real_connect(self, *a))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or real_lookup(*a, **k))
+    folder = _copy(dense_folders["convnext"], tmp_path)
+    config = {"model_type": "detr", "use_timm_backbone": False, "backbone": "microsoft/resnet-50", "use_pretrained_backbone": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    report = analyze(folder)
+    assert attempts == []
+    assert any("config.json is not used" in note for note in report.notes), report.notes

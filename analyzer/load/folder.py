@@ -177,13 +177,25 @@ def _open_shard(folder: Path, name: str, read_file: ReadFile) -> _Shard:
     if fmt is Format.SAFETENSORS:
         with open(path, "rb") as f:
             header_bytes = int.from_bytes(f.read(8), "little")
-        return _Shard(name, path, size, header=read_header(path), header_bytes=header_bytes)
+        shard = _Shard(name, path, size, header=read_header(path), header_bytes=header_bytes)
+        _validated(shard)
+        return shard
     if fmt not in (Format.TORCH_ZIP, Format.TORCH_LEGACY, Format.PICKLE):
         raise InputError(f"{path}: a {fmt.value} file as a shard; save_pretrained writes safetensors or torch.save state dicts")
     checkpoint = read_file(path)
     if checkpoint.container not in ("state-dict", "unreadable"):
         raise InputError(f"{path}: the shard holds a {checkpoint.container}, not the state dict save_pretrained writes")
     return _Shard(name, path, size, checkpoint=checkpoint)
+
+
+def _validated(shard: _Shard) -> None:
+    """safetensors checks every tensor's offsets against the file when it opens it: do it now,
+    so a damaged shard is refused before anything is analysed (and closed again at once)."""
+    try:
+        with safe_open(str(shard.path), framework="pt", device="cpu"):
+            pass
+    except Exception as e:  # safetensors' own SafetensorError for any inconsistency
+        raise InputError(f"{shard.path}: a malformed safetensors shard ({str(e).splitlines()[0][:200]})") from e
 
 
 def _check_against_index(index_path: Path, shards: list[_Shard], weight_map: dict[str, str] | None) -> dict[str, int]:

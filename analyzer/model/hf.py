@@ -112,7 +112,7 @@ def _build(config: Mapping[str, Any], buffers_on_meta: bool) -> nn.Module:
     if not available():
         raise ConfigUnusable(f"transformers is not installed ({INSTALL_HINT})")
     try:
-        with _quiet(), enforced(Limits(memory_bytes=None, seconds=_BUILD_SECONDS), "config.json"):
+        with _quiet(), _offline(), enforced(Limits(memory_bytes=None, seconds=_BUILD_SECONDS), "config.json"):
             config_object = _config_object(config)
             cls = _model_class(config, config_object)
             placement = torch.device("meta") if buffers_on_meta else _parameters_on_meta()
@@ -142,7 +142,7 @@ def _config_object(config: Mapping[str, Any]) -> Any:
             f"model_type {model_type!r} is not one of transformers' architectures (custom code, which is never run)"
         ) from None
     try:
-        return config_class.from_dict(copy.deepcopy(dict(config)))
+        return config_class.from_dict(_without_downloads(config))
     except Exception as e:
         raise ConfigUnusable(f"transformers cannot read config.json as a {config_class.__name__} ({type(e).__name__}: {_line(e)})") from e
 
@@ -160,7 +160,8 @@ def _model_class(config: Mapping[str, Any], config_object: Any) -> type:
             isinstance(cls, type)
             and issubclass(cls, transformers.PreTrainedModel)
             and cls.__module__.startswith("transformers.")
-            and isinstance(config_object, cls.config_class or object)
+            and isinstance(getattr(cls, "config_class", None), type)
+            and isinstance(config_object, cls.config_class)
         ):
             return cls
     try:
@@ -185,6 +186,41 @@ class _parameters_on_meta(contextlib.ContextDecorator):
 
     def __exit__(self, *exc: object) -> None:
         nn.Module.register_parameter = self._original  # type: ignore[method-assign]
+
+
+def _without_downloads(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of config.json whose backbones are built empty: use_pretrained_backbone would
+    fetch weights while the model is constructed (DETR-like models)."""
+    copied = copy.deepcopy(dict(config))
+    for node in [copied, *(v for v in copied.values() if isinstance(v, dict))]:
+        if node.get("use_pretrained_backbone"):
+            node["use_pretrained_backbone"] = False
+    return copied
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """No network while a config is turned into a model: the Hub client in offline mode, and
+    any socket connection refused (a config naming a backbone repo would otherwise be looked up)."""
+    import socket
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no network access while building the model from config.json")
+
+    hub = sys.modules.get("huggingface_hub.constants")
+    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection)
+    offline = getattr(hub, "HF_HUB_OFFLINE", None)
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.socket.connect_ex = refuse  # type: ignore[method-assign]
+    socket.create_connection = refuse  # type: ignore[assignment]
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex, socket.create_connection = saved  # type: ignore[method-assign]
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = offline
 
 
 @contextlib.contextmanager
