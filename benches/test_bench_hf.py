@@ -2,7 +2,7 @@
 
 The floor is what any analysis must do at least: open every shard with safetensors and
 `count_nonzero` every tensor. Both run as separate processes over the same folder (in the
-page cache after it is written), one after the other in the same session. Two ratios: of
+page cache: it was just written), one after the other in the same session. Two ratios: of
 the processes' wall times (interpreter start and imports included: torch alone takes
 seconds), and of the work after the imports (the floor's loop against `analyze()`). Ours
 runs twice: without transformers (static: the tensors only) and with it (config.json
@@ -120,7 +120,6 @@ def _child(args: list[str]) -> tuple[float, str]:
 @pytest.mark.benchmark(group="hf-folder")
 def test_analyze_sharded_llama_folder_against_the_floor(benchmark, llama_folder: tuple[Path, int]) -> None:
     folder, params = llama_folder
-    _child([sys.executable, "-c", _FLOOR, str(folder)])  # warm the page cache for both
     floor_s, floor_out = _child([sys.executable, "-c", _FLOOR, str(folder)])
     static_s, static_out = _child([sys.executable, "-c", _OURS, str(folder), "static"])
 

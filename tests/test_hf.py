@@ -252,9 +252,10 @@ def test_stale_config_gives_the_fields_that_load(factory: str, expected: dict[st
     assert finding.evidence["config_patch"] == expected
     # 2 heads of 16 or 4 heads of 8 give the same shapes; the other reading is offered too.
     assert finding.evidence["alternative_patch"] == {"hidden_size": 48, "intermediate_size": 96, "head_dim": 8}
+    ids = torch.randint(0, VOCAB, (1, 6))
+    torch.testing.assert_close(_logits(load_pruned(tmp_path), ids), _logits(pruned, ids))  # before the fix, too
     exec(finding.fix_code, {})  # the fix as printed, applied to the folder's config.json
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    ids = torch.randint(0, VOCAB, (1, 6))
     torch.testing.assert_close(_logits(loaded, ids), _logits(pruned, ids))
     assert _kinds(analyze(tmp_path), "error", "warning") == []
 
