@@ -6,13 +6,15 @@ load → layers → passes → report, in one direction. The CLI is a thin layer
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .model import BuildOptions, build, parse_input_shape, rebuild_pruned
+from .model.inputs import ExampleInput, example_from
 from .compact import compact
 from .errors import UsageError
 from .tensors.layers import build_layers
@@ -33,7 +35,8 @@ def analyze(
     *,
     arch: str | None = None,
     baseline: str | os.PathLike[str] | None = None,
-    input_shape: tuple[int, ...] | str | None = None,
+    input_shape: tuple[int, ...] | str | Mapping[str, tuple[int, ...]] | None = None,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor] | ExampleInput | None = None,
     trust: bool = False,
     allow_modules: tuple[str, ...] | list[str] = (),
     key: str | None = None,
@@ -49,8 +52,12 @@ def analyze(
     """Analyse the checkpoint at `path` and return the report; raises AnalyzerError when it cannot.
 
     arch: `pkg.module:factory` of the dense architecture (imports that code); baseline: a
-    dense checkpoint to compare with; input_shape: example input (e.g. "1,3,640,640"),
-    inferred from the first layer when None; trust: unpickle fully (runs code from the
+    dense checkpoint to compare with (path may be a save_pretrained folder or a shard index:
+    all shards are one checkpoint, and its config.json is the dense architecture when arch is
+    None); input_shape: example input (e.g. "1,3,640,640"; batch, sequence for token models),
+    or {name: shape} for named inputs ({"input_ids": (1, 16), "attention_mask": (1, 16)}),
+    inferred from the model when None; example_input: the input itself (a tensor, a tuple of
+    them, a dict of named ones, or an ExampleInput); trust: unpickle fully (runs code from the
     file); allow_modules: packages whose classes may be imported and rebuilt; key: the
     training-dict entry holding the weights; zero_tol: |x| <= zero_tol counts as zero;
     profile: measure latency, FLOPs, per-layer time (and NVML on a GPU) on `device`
@@ -63,9 +70,17 @@ def analyze(
     load_options = LoadOptions(trust=trust, allow_modules=tuple(allow_modules), key=key)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
+    named = {str(k): tuple(v) for k, v in input_shape.items()} if isinstance(input_shape, Mapping) else None
+    if named is not None or example_input is not None:
+        if example_input is not None and input_shape is not None:
+            raise UsageError("give the example input or its shape, not both")
+        input_shape = None
     with progress.stage(f"reading {Path(path).name}"):
-        checkpoint = load_checkpoint(Path(path), load_options)
-    build_options = BuildOptions(arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape)
+        checkpoint = load_checkpoint(Path(path), load_options, progress)
+    build_options = BuildOptions(
+        arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape, inputs=named,
+        example_input=_example(example_input),
+    )
     with progress.stage("building and running the model"), _memory_bounded(checkpoint.file_size, checkpoint.path):
         built = build(checkpoint, build_options, load_options)
     ctx = PassContext(
@@ -90,6 +105,15 @@ def analyze(
         with progress.stage("compacting"), _memory_bounded(checkpoint.file_size, checkpoint.path):
             report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, findings).to_dict()
     return report
+
+
+def _example(value: Any) -> ExampleInput | None:
+    if value is None:
+        return None
+    try:
+        return example_from(value)
+    except TypeError as e:
+        raise UsageError(str(e)) from e
 
 
 def _compact(
@@ -146,7 +170,7 @@ def _pruned_layers(ctx: PassContext) -> set[str] | None:
 
 def load_pruned(
     path: str | os.PathLike[str],
-    factory: str | Callable[[], nn.Module],
+    factory: str | Callable[[], nn.Module] | None = None,
     *,
     trust: bool = False,
     allow_modules: tuple[str, ...] = (),
@@ -154,7 +178,9 @@ def load_pruned(
 ) -> nn.Module:
     """Rebuild a pruned model from its checkpoint and the dense architecture's factory.
 
-    `factory` is a callable returning the dense model, or "pkg.module:factory". The
+    `factory` is a callable returning the dense model, or "pkg.module:factory"; for a
+    save_pretrained folder it may be left out: the folder's config.json is the dense model
+    (patched where the pruned tensors need other field values). The
     layers the checkpoint narrowed are resized to its shapes, the weights are loaded
     strictly, masks are folded in, and the model is returned in eval mode. A
     torch-pruning `tp.state_dict` checkpoint is rebuilt with `tp.load_state_dict`.

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from . import __version__
 from .api import analyze
-from .model import parse_input_shape
+from .model import parse_input_shape, parse_named_input
 from .errors import AnalyzerError, InputError, UsageError
 from .outputs import atomic_write_text
 from .progress import NullProgress, Progress, RichProgress
@@ -32,14 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and heads, failed loads, and why pruning did not make it faster.",
         epilog="Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 the file could not be analysed.",
     )
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoint files (.pth, .pt, .bin, .safetensors, TorchScript); several make a comparison")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoint files (.pth, .pt, .bin, .safetensors, TorchScript) or save_pretrained folders / shard indexes; several make a comparison")
     parser.add_argument("--demo", action="store_true", help="make the classic broken checkpoints in a temp folder and analyse each")
     parser.add_argument("--load", metavar="REPORT.JSON", help="re-render a saved JSON report without re-analysing")
     parser.add_argument("--fail-on", choices=["error", "warning", "info", "never"], default="error", help="exit 1 when findings reach this severity (default: error)")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", metavar="PKG.MODULE:FACTORY", help="dense architecture to fit the checkpoint to (imports that code), e.g. analyzer.zoo:resnet50")
     model.add_argument("--baseline", metavar="DENSE.PTH", help="dense checkpoint to compare widths (and, profiled, speed) with")
-    model.add_argument("--input-shape", metavar="N,C,H,W", help="example input for running the model (default: inferred from the first layer)")
+    model.add_argument("--input-shape", metavar="N,C,H,W", help="example input for running the model (batch,sequence for token models; default: inferred from the model)")
+    model.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE", help="a named input of the model's forward, e.g. --input input_ids=1,16 --input attention_mask=1,16 (repeatable)")
     prof = parser.add_argument_group("profiling")
     prof.add_argument("--profile", action="store_true", help="measure latency, FLOPs, per-layer time (and NVML on a GPU); dense vs pruned with --baseline/--arch")
     prof.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -105,6 +106,10 @@ def _reports(args: argparse.Namespace) -> list[Report]:
     if args.round_to is not None and (args.round_to <= 0 or not args.compact):
         raise UsageError("--round-to N needs --compact and a positive N")
     input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    if args.input:
+        if input_shape is not None:
+            raise UsageError("give --input-shape or --input NAME=SHAPE, not both")
+        input_shape = dict(parse_named_input(text) for text in args.input)
     batches = _batches(args.batch)
     progress = _progress(args)
     return [

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from .checkpoint import Checkpoint, DictTensorStore, MaskPair, TensorStore
 from .extract import describe, extract_weights, find_masks
+from .folder import is_model_folder, load_folder, notes_beside
 from .limits import enforced, limits_for
 from .policy import GlobalKind, GlobalPolicy, ResolvedGlobal
 from .readers import Raw, read_pickle, read_torch_legacy, read_torch_zip, read_torchscript
@@ -43,8 +45,17 @@ class LoadOptions:
     time_limit: float | None = None
 
 
-def load_checkpoint(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike[str], options: LoadOptions = LoadOptions(), progress: Any = None) -> Checkpoint:
+    """One file, or a save_pretrained folder / shard index (all shards as one checkpoint)."""
     path = Path(path)
+    if is_model_folder(path):
+        return load_folder(path, lambda shard: _load_file(shard, options), progress)
+    checkpoint = _load_file(path, options)
+    checkpoint.notes.extend(notes_beside(path))
+    return checkpoint
+
+
+def _load_file(path: Path, options: LoadOptions) -> Checkpoint:
     fmt = sniff(path)
     limits = limits_for(path.stat().st_size, options.memory_limit, options.time_limit)
     with enforced(limits, path):

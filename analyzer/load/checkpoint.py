@@ -79,6 +79,8 @@ class Checkpoint:
     tp_state: dict[str, Any] | None = field(default=None, repr=False)
     #: A model folder's config.json (Hugging Face `save_pretrained`), read as JSON only; None otherwise.
     config: dict[str, Any] | None = None
+    #: The shard files of a sharded model folder, in index order; empty for a single file.
+    shards: list[str] = field(default_factory=list)
 
     @property
     def placeholders(self) -> list[str]:

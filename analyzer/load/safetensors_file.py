@@ -14,7 +14,7 @@ from safetensors import safe_open
 from ..errors import InputError
 from .checkpoint import TensorStore
 
-__all__ = ["SafetensorsStore", "open_safetensors"]
+__all__ = ["SafetensorsStore", "open_safetensors", "read_header", "dtype_of", "MAX_HEADER_BYTES"]
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -47,12 +47,17 @@ class SafetensorsStore(TensorStore):
 
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         entry = self._header[name]
-        return tuple(entry["shape"]), _DTYPES.get(entry["dtype"], torch.uint8)
+        return tuple(entry["shape"]), dtype_of(entry["dtype"])
+
+
+def dtype_of(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name (uint8 for the ones torch lacks)."""
+    return _DTYPES.get(name, torch.uint8)
 
 
 def open_safetensors(path: Path) -> tuple[SafetensorsStore, dict[str, str]]:
     """The lazy store and the file's `__metadata__`."""
-    header = _read_header(path)
+    header = read_header(path)
     try:
         store = SafetensorsStore(path, header)
     except Exception as e:  # safetensors raises its own SafetensorError for any bad header
@@ -61,7 +66,7 @@ def open_safetensors(path: Path) -> tuple[SafetensorsStore, dict[str, str]]:
     return store, {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
-def _read_header(path: Path) -> dict[str, Any]:
+def read_header(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:

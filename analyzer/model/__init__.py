@@ -2,15 +2,18 @@
 
 The model is the checkpoint's own module tree when it is runnable, or the `--arch`
 factory's dense model fitted to the checkpoint (resized to a pruned state dict, or
-rebuilt with torch-pruning's `tp.load_state_dict`). It is run once on an example input;
-a forward pass that fails is recorded with the module where it failed. Nothing here
-makes findings: the passes read the `Build`.
+rebuilt with torch-pruning's `tp.load_state_dict`). A model folder's config.json is the
+dense architecture when no `--arch` is given (transformers' own classes, built without
+weights; see hf.py), and when its tensors no longer fit it, the config fields that would
+are derived and the model is built from the patched config. It is run once on an example
+input; a forward pass that fails is recorded with the module where it failed. Nothing
+here makes findings: the passes read the `Build`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +22,13 @@ import torch.nn as nn
 
 from ..errors import AnalyzerError, BuildError, UsageError
 from ..load import Checkpoint, LoadOptions, load_checkpoint
+from ..load.extract import find_masks
 from ..load.placeholder import Placeholder
-from .factory import build_dense, load_factory, parse_input_shape
-from .fit import PRUNED, FitReport, compare, resize_to, tied_keys
-from .inputs import ExampleInput, default_input_shape, random_input
+from . import hf
+from .factory import build_dense, load_factory, parse_input_shape, parse_named_input
+from .fit import PRUNED, FitReport, compare, resize_to
+from .inputs import ExampleInput, model_input, random_input, takes_tokens
+from .modules import tied_names
 from .trace import ForwardFailure, ModuleCall, Trace, run_traced
 
 __all__ = [
@@ -38,9 +44,14 @@ __all__ = [
     "FitReport",
     "load_factory",
     "parse_input_shape",
+    "parse_named_input",
     "run_traced",
     "ExampleInput",
+    "CONFIG_SOURCE",
 ]
+
+#: Reference.source when the dense architecture is a model folder's config.json.
+CONFIG_SOURCE = "config.json"
 
 
 @dataclass(frozen=True)
@@ -49,15 +60,20 @@ class BuildOptions:
     arch: str | None = None
     #: A dense checkpoint to compare with.
     baseline: str | None = None
-    #: Example input shape; inferred from the first layer when None.
+    #: Example input shape ((batch, sequence) for token models); inferred from the model when None.
     input_shape: tuple[int, ...] | None = None
+    #: Inputs by name and shape (`--input input_ids=1,16`), drawn the way the model takes them.
+    inputs: Mapping[str, tuple[int, ...]] | None = None
+    #: The example input itself (the API's example_input=), used as given.
+    example_input: ExampleInput | None = None
 
 
 @dataclass
 class Model:
     module: nn.Module
     example_input: ExampleInput
-    #: "checkpoint" (the file's own module), "arch" (resized --arch model), "tp.load_state_dict".
+    #: "checkpoint" (the file's own module), "arch" (resized --arch model), "tp.load_state_dict",
+    #: "config.json" (the folder's config, patched when it no longer fit the tensors).
     origin: str
     trace: Trace
 
@@ -77,6 +93,8 @@ class Reference:
     matches: bool = True
     #: Why it does not match, when it does not.
     mismatch: str | None = None
+    #: Groups of names that are one tensor in the model (tied weights).
+    tied: list[tuple[str, ...]] = field(default_factory=list)
 
 
 @dataclass
@@ -85,22 +103,31 @@ class Build:
     reference: Reference | None = None
     #: How the checkpoint fits --arch (None without --arch).
     fit: FitReport | None = None
+    #: How the tensors fit a model folder's config.json, when it is the reference.
+    config_fit: hf.ConfigFit | None = None
     notes: list[str] = field(default_factory=list)
 
 
 def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptions = LoadOptions()) -> Build:
+    """The runnable model and the dense reference. A transformers reference may rename the
+    checkpoint's tensors to the names transformers loads them under (checkpoint.tensors)."""
     result = Build()
-    dense = build_dense(options.arch) if options.arch else None
-    result.reference = _reference(options, load_options, dense)
+    dense = build_dense(options.arch) if options.arch else _dense_from_config(checkpoint, result)
+    dense = _adopt_transformers_names(checkpoint, dense, result)
+    source = f"--arch {options.arch}" if options.arch else CONFIG_SOURCE
+    result.reference = _reference(options, load_options, dense, source)
     if result.reference is not None:
         _check_reference(checkpoint, result.reference)
+    run_on, origin = dense, "arch"
+    if dense is not None and not options.arch:
+        run_on, origin = _fit_config(checkpoint, dense, result), CONFIG_SOURCE
     try:
-        module, origin = _runnable_module(checkpoint, dense, result)
+        module, origin = _runnable_module(checkpoint, run_on, result, origin)
         if module is not None:
             example, trace = _run_example(module, options, checkpoint)
             result.model = Model(module, example, origin, trace)
-            if options.input_shape is None:
-                result.notes.append(f"example input {example.describe()} inferred from the first layer (set --input-shape)")
+            if options.input_shape is None and not options.inputs and options.example_input is None:
+                result.notes.append(_inferred_input_note(example))
     except AnalyzerError:
         raise
     except Exception as e:  # a module tree a pickle left inconsistent: analyse it statically
@@ -109,10 +136,19 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
     return result
 
 
-def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module]) -> nn.Module:
-    """The pruned model of `checkpoint` rebuilt on the dense `factory`; raises BuildError when it cannot."""
+def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module] | None = None) -> nn.Module:
+    """The pruned model of `checkpoint` rebuilt on the dense `factory` (a model folder's
+    config.json when None); raises BuildError when it cannot."""
     result = Build()
-    module, _ = _runnable_module(checkpoint, build_dense(factory), result)
+    if factory is not None:
+        dense, origin = build_dense(factory), "arch"
+        dense = _adopt_transformers_names(checkpoint, dense, result)
+    else:
+        dense = _adopt_transformers_names(checkpoint, _dense_from_config(checkpoint, result), result)
+        if dense is None:
+            raise BuildError(f"{checkpoint.path}: give the dense model's factory ({'; '.join(result.notes) or 'no config.json to build it from'})")
+        dense, origin = _fit_config(checkpoint, dense, result), CONFIG_SOURCE
+    module, _ = _runnable_module(checkpoint, dense, result, origin)
     if module is None:
         fit = result.fit
         why = f"{fit.explanation}; " if fit and fit.explanation else ""
@@ -123,6 +159,88 @@ def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module
     return module
 
 
+def _dense_from_config(checkpoint: Checkpoint, result: Build) -> nn.Module | None:
+    """The dense model of a folder's config.json (transformers' classes, parameters on meta)."""
+    if checkpoint.config is None:
+        return None
+    if not hf.available():
+        result.notes.append(
+            "config.json was read but transformers is not installed: installing analyzer[transformers] "
+            f"({hf.INSTALL_HINT}) builds the dense model from it (stale config fields, removed channels, "
+            "running the model); the checks below are those the tensors allow alone"
+        )
+        return None
+    try:
+        return hf.dense_from_config(checkpoint.config, tensors=len(checkpoint.tensors))
+    except hf.ConfigUnusable as e:
+        result.notes.append(f"config.json is not used as the dense architecture: {e}")
+        return None
+
+
+def _adopt_transformers_names(checkpoint: Checkpoint, dense: nn.Module | None, result: Build) -> nn.Module | None:
+    """The checkpoint as transformers loads it into `dense`: under the model's names (ViT's
+    encoder.layer.N → layers.N), without the tensors it drops (buffers the model computes
+    itself, names its class declares ignorable). None when names cannot be matched one to
+    one (transformers merges tensors while loading)."""
+    if dense is None or not hf.is_transformers_model(dense):
+        return dense
+    renaming, why = hf.checkpoint_renaming(dense, list(checkpoint.tensors))
+    if renaming is None:
+        result.notes.append(f"{why}: the dense model is not compared with the tensors name by name")
+        return None
+    stored = {renaming.get(name, name): name for name in checkpoint.tensors}
+    if len(stored) != len(checkpoint.tensors):
+        result.notes.append("transformers would load two tensors under one name: the dense model is not compared")
+        return None
+    dropped = hf.ignored_when_loading(dense, list(stored))
+    for name in dropped:
+        del stored[name]
+    if not renaming and not dropped:
+        return dense
+    checkpoint.tensors = hf.RenamedTensorStore(checkpoint.tensors, stored)
+    checkpoint.masks = find_masks(list(checkpoint.tensors))
+    if renaming:
+        first = next(iter(renaming.items()))
+        result.notes.append(
+            f"tensors are named as transformers loads them into {type(dense).__name__}: {len(renaming)} renamed "
+            f"(e.g. {first[0]} → {first[1]})"
+        )
+    if dropped:
+        result.notes.append(
+            f"{len(dropped)} tensors that transformers ignores when loading {type(dense).__name__} were left out "
+            f"(buffers it computes itself, e.g. {dropped[0]})"
+        )
+    return dense
+
+
+def _fit_config(checkpoint: Checkpoint, dense: nn.Module, result: Build) -> nn.Module:
+    """The model to load the tensors into: config.json's, or the patched config's when the
+    tensors need other field values (a pruned model whose config.json was not updated)."""
+    assert checkpoint.config is not None
+    shapes = _checkpoint_shapes(checkpoint, tied_names(dense))
+    try:
+        fit = result.config_fit = hf.fit_config(checkpoint.config, shapes)
+    except hf.ConfigUnusable as e:
+        result.notes.append(f"the config fields the tensors need could not be derived: {e}")
+        return dense
+    if fit.patch is None:
+        return dense
+    try:
+        return hf.dense_from_config(hf.apply_patch(checkpoint.config, fit.patch))
+    except hf.ConfigUnusable as e:
+        result.notes.append(f"the patched config.json could not be built: {e}")
+        return dense
+
+
+def _inferred_input_note(example: ExampleInput) -> str:
+    if takes_tokens(example):
+        return (
+            f"example input {example.describe()}: token ids within the vocabulary "
+            "(set --input-shape BATCH,SEQUENCE or --input NAME=SHAPE)"
+        )
+    return f"example input {example.describe()} inferred from the first layer (set --input-shape)"
+
+
 def _first_mismatches(fit: FitReport | None) -> str:
     if fit is None:
         return "the checkpoint does not fit the architecture"
@@ -131,28 +249,47 @@ def _first_mismatches(fit: FitReport | None) -> str:
     return ", ".join(parts)
 
 
-def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Module | None) -> Reference | None:
+def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Module | None, source: str) -> Reference | None:
+    runnable_dense = dense if dense is not None and not _has_meta_tensors(dense) else None
     if options.baseline:
         baseline = load_checkpoint(Path(options.baseline), load_options)
         shapes = {name: baseline.meta(name)[0] for name in baseline.effective_names()}
-        module = baseline.module if baseline.runnable else (copy.deepcopy(dense) if dense is not None else None)
+        module = baseline.module if baseline.runnable else (copy.deepcopy(runnable_dense) if runnable_dense is not None else None)
         return Reference(f"--baseline {options.baseline}", shapes, dict(baseline.module_types), module)
     if dense is not None:
         shapes = {k: tuple(v.shape) for k, v in dense.state_dict().items()}
         types = {name: type(m).__name__ for name, m in dense.named_modules()}
-        return Reference(f"--arch {options.arch}", shapes, types, copy.deepcopy(dense))
+        # A model built from config.json has no weights to run as the dense reference.
+        module = copy.deepcopy(runnable_dense) if runnable_dense is not None else None
+        return Reference(source, shapes, types, module, tied=tied_names(dense))
     return None
+
+
+def _has_meta_tensors(module: nn.Module) -> bool:
+    return any(t.is_meta for t in module.state_dict(keep_vars=True).values())
+
+
+def _checkpoint_shapes(checkpoint: Checkpoint, tied: list[tuple[str, ...]] = ()) -> dict[str, tuple[int, ...]]:
+    """Effective tensor shapes; a tied name the file left out (save_pretrained stores one of
+    each group) takes the shape of the one it holds."""
+    shapes = {name: checkpoint.meta(name)[0] for name in checkpoint.effective_names()}
+    for group in tied:
+        held = next((name for name in group if name in shapes), None)
+        if held is not None:
+            for name in group:
+                shapes.setdefault(name, shapes[held])
+    return shapes
 
 
 def _check_reference(checkpoint: Checkpoint, reference: Reference) -> None:
     """A reference only serves for width comparisons when the checkpoint is it, or a pruned copy of it."""
-    fit = compare(reference.shapes, {name: checkpoint.meta(name)[0] for name in checkpoint.effective_names()})
+    fit = compare(reference.shapes, _checkpoint_shapes(checkpoint, reference.tied))
     if fit.cause not in (None, PRUNED):
         reference.matches = False
         reference.mismatch = fit.cause
 
 
-def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Build) -> tuple[nn.Module | None, str]:
+def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Build, origin: str = "arch") -> tuple[nn.Module | None, str]:
     if checkpoint.runnable:
         return checkpoint.module.eval(), "checkpoint"  # type: ignore[union-attr]
     if dense is None:
@@ -160,7 +297,8 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
     model = copy.deepcopy(dense)
     if checkpoint.tp_state is not None:
         return _tp_load(model, checkpoint, result)
-    shapes = {name: checkpoint.meta(name)[0] for name in checkpoint.effective_names()}
+    tied = tied_names(model)
+    shapes = _checkpoint_shapes(checkpoint, tied)
     fit = result.fit = compare(model, shapes)
     if not fit.fits:
         if fit.cause != PRUNED:
@@ -173,11 +311,11 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
             listed = ", ".join(f"{name}: {heads}" for name, heads in list(fit.narrower_heads.items())[:3])
             result.notes.append(f"attention rebuilt with a narrower head_dim, its head count kept ({listed})")
     try:
-        _load_strict(model, checkpoint)
+        _load_strict(model, checkpoint, tied)
     except (RuntimeError, ValueError) as e:
         result.notes.append(f"load_state_dict failed after resizing: {' '.join(str(e).split())[:300]}")
         return None, ""
-    return model.eval(), "arch"
+    return model.eval(), origin
 
 
 def _tp_load(model: nn.Module, checkpoint: Checkpoint, result: Build) -> tuple[nn.Module | None, str]:
@@ -190,16 +328,41 @@ def _tp_load(model: nn.Module, checkpoint: Checkpoint, result: Build) -> tuple[n
     return model.eval(), "tp.load_state_dict"
 
 
-def _load_strict(model: nn.Module, checkpoint: Checkpoint) -> None:
-    expected = model.state_dict()
+def _load_strict(model: nn.Module, checkpoint: Checkpoint, tied: list[tuple[str, ...]] = ()) -> None:
+    """Load every tensor; a model built without weights (meta) takes the checkpoint's tensors
+    themselves (assign: nothing is copied). Tied names share the tensor the file holds."""
+    expected = model.state_dict(keep_vars=True)
     state = {k: checkpoint.effective(k) for k in checkpoint.effective_names() if k in expected}
-    outcome = model.load_state_dict(state, strict=False)
-    tied = tied_keys(model)  # a tied weight stored once is loaded through its twin
-    missing = [
-        k for k in outcome.missing_keys if not k.endswith("num_batches_tracked") and not (tied.get(k, set()) & set(state))
-    ]
+    on_meta = any(t.is_meta for t in expected.values())
+    outcome = model.load_state_dict(state, strict=False, assign=on_meta)
+    shared = _retie(model, tied, state)
+    missing = [k for k in outcome.missing_keys if not k.endswith("num_batches_tracked") and k not in shared]
     if missing or outcome.unexpected_keys:
         raise RuntimeError(f"missing {missing[:5]}, unexpected {outcome.unexpected_keys[:5]}")
+    if on_meta:
+        empty = [k for k, t in model.state_dict(keep_vars=True).items() if t.is_meta]
+        if empty:
+            raise RuntimeError(f"no values for {empty[:5]}")
+
+
+def _retie(model: nn.Module, tied: list[tuple[str, ...]], state: Mapping[str, torch.Tensor]) -> set[str]:
+    """Point every name of a tied group at the tensor of the name the file held (resizing or
+    assigning gave them separate tensors); returns the names so filled."""
+    filled: set[str] = set()
+    for group in tied:
+        held = next((name for name in group if name in state), None)
+        if held is None:
+            continue
+        owner, _, attr = held.rpartition(".")
+        source = model.get_submodule(owner)._parameters.get(attr)
+        if source is None:
+            continue  # tied buffers keep their own copies
+        for name in group:
+            if name != held:
+                module_name, _, local = name.rpartition(".")
+                model.get_submodule(module_name)._parameters[local] = source
+                filled.add(name)
+    return filled
 
 
 #: Spatial sizes tried, in order, when the input shape is inferred and the first one fails
@@ -208,15 +371,20 @@ _FALLBACK_SIZES = (32, 64, 128, 256, 512, 16, 8, 28, 96, 112, 299, 320, 640)
 
 
 def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> tuple[ExampleInput, Trace]:
-    """The example input and the model's trace on it. An inferred input is retried at other
-    spatial sizes before a failure counts; the first size that runs wins."""
-    shape = options.input_shape or default_input_shape(module)
-    if shape is None:
-        raise UsageError(f"{checkpoint.path}: cannot infer an example input for this model; pass --input-shape")
-    example = random_input(module, shape)
+    """The example input and the model's trace on it. An inferred image input is retried at
+    other spatial sizes before a failure counts; the first size that runs wins."""
+    if hf.is_transformers_model(module) and getattr(module.config, "use_cache", None):
+        module.config.use_cache = False  # one forward pass: no key/value cache to build
+    if options.example_input is not None:
+        return options.example_input, run_traced(module, options.example_input)
+    example = model_input(module, options.input_shape, options.inputs)
+    if example is None:
+        raise UsageError(f"{checkpoint.path}: cannot infer an example input for this model; pass --input-shape or --input NAME=SHAPE")
     trace = run_traced(module, example)
-    if trace.ok or options.input_shape is not None or len(shape) < 3:
+    given = options.input_shape is not None or bool(options.inputs)
+    if trace.ok or given or example.single is None or takes_tokens(example) or len(example.shape) < 3:
         return example, trace
+    shape = example.shape
     for size in _FALLBACK_SIZES:
         candidate = random_input(module, (*shape[:-2], size, size) if len(shape) == 4 else (*shape[:-1], size))
         retry = run_traced(module, candidate)

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..errors import BuildError, UsageError
 
-__all__ = ["load_factory", "build_dense", "parse_input_shape"]
+__all__ = ["load_factory", "build_dense", "parse_input_shape", "parse_named_input"]
 
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:
@@ -57,3 +57,15 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     if any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text}: every dimension must be positive")
     return shape
+
+
+def parse_named_input(text: str) -> tuple[str, tuple[int, ...]]:
+    """"input_ids=1,16" -> ("input_ids", (1, 16)): one named input of the model's forward."""
+    name, sep, shape = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise UsageError(f"--input {text}: expected NAME=SHAPE like input_ids=1,16")
+    try:
+        return name, parse_input_shape(shape)
+    except UsageError as e:
+        raise UsageError(f"--input {text}: expected NAME=SHAPE like input_ids=1,16 (positive integers)") from e

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from . import attention
 from ..tensors.layers import weight_axes
-from .modules import is_depthwise
+from .modules import is_depthwise, tied_names
 
 __all__ = [
     "ShapeMismatch", "FitReport", "compare", "resize_to", "owner_label", "tied_keys",
@@ -205,10 +205,7 @@ def resize_to(
 
 def tied_keys(model: nn.Module) -> dict[str, set[str]]:
     """State-dict keys that name one shared tensor (tied weights): key -> the others."""
-    by_tensor: dict[int, list[str]] = {}
-    for key, value in model.state_dict(keep_vars=True).items():
-        by_tensor.setdefault(id(value), []).append(key)
-    return {key: set(keys) - {key} for keys in by_tensor.values() if len(keys) > 1 for key in keys}
+    return {key: set(group) - {key} for group in tied_names(model) for key in group}
 
 
 def _retie(model: nn.Module, tied: Mapping[str, set[str]], stored: Mapping[str, tuple[int, ...]]) -> None:

@@ -9,6 +9,7 @@ profiler, the fix snippets) calls the model and describes its input one way.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,7 +17,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["InputSpec", "ExampleInput", "example_from", "random_input", "default_input_shape"]
+__all__ = [
+    "InputSpec", "ExampleInput", "example_from", "random_input", "default_input_shape", "model_input", "takes_tokens",
+    "DEFAULT_SEQUENCE",
+]
+
+#: Tokens in an inferred language-model input (batch 1).
+DEFAULT_SEQUENCE = 16
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,7 @@ class ExampleInput:
 
 def random_input(module: nn.Module, shape: tuple[int, ...], seed: int = 0) -> ExampleInput:
     """One float input of `shape` in the dtype of the model's parameters."""
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
-    return ExampleInput.draw((InputSpec(tuple(shape), dtype),), seed=seed)
+    return ExampleInput.draw((InputSpec(tuple(shape), _float_dtype(module)),), seed=seed)
 
 
 def example_from(value: torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor] | ExampleInput) -> ExampleInput:
@@ -167,3 +173,118 @@ def default_input_shape(model: nn.Module, spatial: int = 224) -> tuple[int, ...]
         if isinstance(module, nn.Linear):
             return (1, module.in_features)
     return None
+
+
+# -- inputs a model takes ---------------------------------------------------------------------
+#
+# Hugging Face models name their inputs (`main_input_name`, the forward's keywords); other
+# models take one positional tensor. Token models take integer ids within their vocabulary.
+
+#: Keyword inputs that are integers, by the convention transformers' models share, and the
+#: range they are drawn from: the vocabulary, a mask of ones, one segment, positions.
+_IDS, _MASK, _SEGMENT, _POSITION = "ids", "mask", "segment", "position"
+_INTEGER_INPUTS = {
+    "input_ids": _IDS, "decoder_input_ids": _IDS, "labels": _IDS,
+    "attention_mask": _MASK, "decoder_attention_mask": _MASK,
+    "token_type_ids": _SEGMENT, "position_ids": _POSITION,
+}
+
+
+def model_input(
+    module: nn.Module,
+    shape: tuple[int, ...] | None = None,
+    named: Mapping[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+) -> ExampleInput | None:
+    """The example a model is called with: token ids (with an attention mask where its forward
+    takes one) for a language model, `pixel_values` for a transformers vision model, one float
+    tensor otherwise. `shape` is (batch, sequence) for token models; `named` gives each input
+    by name. None when nothing says what the model takes."""
+    if named:
+        return ExampleInput.draw(tuple(_named_spec(module, name, tuple(dims)) for name, dims in named.items()), seed=seed)
+    main = _main_input_name(module)
+    vocab = _vocabulary(module)
+    if main == "input_ids" or (main is None and vocab is not None):
+        tokens = tuple(shape) if shape is not None else (1, DEFAULT_SEQUENCE)
+        if main is None:  # a plain module: its ids are the one positional input
+            return ExampleInput.draw((InputSpec(tokens, torch.int64, None, 0, vocab or 2),), seed=seed)
+        specs = [_named_spec(module, "input_ids", tokens)]
+        if "attention_mask" in _forward_keywords(module):
+            specs.append(_named_spec(module, "attention_mask", tokens))
+        return ExampleInput.draw(tuple(specs), seed=seed)
+    if main is not None:
+        dims = tuple(shape) if shape is not None else _configured_shape(module, main)
+        return ExampleInput.draw((_named_spec(module, main, dims),), seed=seed) if dims is not None else None
+    shape = shape or default_input_shape(module)
+    return random_input(module, shape, seed) if shape is not None else None
+
+
+def takes_tokens(example: ExampleInput) -> bool:
+    """Whether the example is token ids (its first input is an integer tensor)."""
+    return bool(example.specs) and example.specs[0].is_integer
+
+
+def _named_spec(module: nn.Module, name: str, shape: tuple[int, ...]) -> InputSpec:
+    role = _INTEGER_INPUTS.get(name)
+    if role is None:
+        return InputSpec(shape, _float_dtype(module), name)
+    config = getattr(module, "config", None)
+    if role == _IDS:
+        return InputSpec(shape, torch.int64, name, 0, _vocabulary(module) or 2)
+    if role == _MASK:
+        return InputSpec(shape, torch.int64, name, 1, 2)  # attend to every token
+    if role == _SEGMENT:
+        return InputSpec(shape, torch.int64, name, 0, 1)
+    positions = shape[-1] if shape else 1
+    limit = getattr(config, "max_position_embeddings", None)
+    return InputSpec(shape, torch.int64, name, 0, min(positions, limit) if isinstance(limit, int) and limit > 0 else positions)
+
+
+def _main_input_name(module: nn.Module) -> str | None:
+    """transformers' name for a model's first input (input_ids, pixel_values, ...); None for other modules."""
+    name = getattr(type(module), "main_input_name", None)
+    return name if isinstance(name, str) and getattr(module, "config", None) is not None else None
+
+
+def _vocabulary(module: nn.Module) -> int | None:
+    """Vocabulary size of a model that starts with an embedding (its input embeddings, for transformers)."""
+    getter = getattr(module, "get_input_embeddings", None)
+    if callable(getter) and _main_input_name(module) is not None:
+        try:
+            embedding = getter()
+        except Exception:  # models without token inputs raise NotImplementedError
+            embedding = None
+        if isinstance(embedding, nn.Embedding):
+            return embedding.num_embeddings
+    first = next((m for m in module.modules() if isinstance(m, (nn.Embedding, *_FIRST_LAYERS))), None)
+    return first.num_embeddings if isinstance(first, nn.Embedding) else None
+
+
+def _forward_keywords(module: nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _configured_shape(module: nn.Module, name: str) -> tuple[int, ...] | None:
+    """(1, channels, size, size) for pixel inputs, from the model's config when it has one."""
+    if name != "pixel_values":
+        return None
+    config = getattr(module, "config", None)
+    channels = getattr(config, "num_channels", None)
+    size = getattr(config, "image_size", None)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        height, width = size
+    elif isinstance(size, int):
+        height = width = size
+    else:
+        return default_input_shape(module)
+    return (1, channels if isinstance(channels, int) and channels > 0 else 3, height, width)
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
+_FIRST_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)

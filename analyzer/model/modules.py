@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ..tensors.layers import adjacent
 
-__all__ = ["is_depthwise", "batchnorm_after"]
+__all__ = ["is_depthwise", "batchnorm_after", "tied_names"]
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -24,3 +24,12 @@ def batchnorm_after(modules: dict[str, nn.Module], name: str) -> nn.Module | Non
     return adjacent(
         name, True, modules, lambda m: isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None
     )
+
+
+def tied_names(module: nn.Module) -> list[tuple[str, ...]]:
+    """Groups of state-dict names that are one tensor (tied weights: lm_head.weight is
+    embed_tokens.weight); a checkpoint saved without duplicates holds one name of each group."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return [tuple(names) for names in groups.values() if len(names) > 1]

@@ -60,7 +60,7 @@ def broken_sites(ctx: PassContext) -> list[Checked]:
     reference = ctx.matching_reference
     reference_modules = dict(reference.module.named_modules()) if reference and reference.module is not None else {}
     reference_sites = {s.name: s for s in attention.sites_from_module(reference.module)} if reference_modules else {}
-    config = attention.config_heads(ctx.checkpoint.config)
+    config = attention.config_heads(ctx.config)
     if config.head_dim is None:
         config = attention.config_heads(attention.config_dict(module), "the model's config")
     ran = set(model.trace.calls) if model is not None else set()
@@ -366,7 +366,7 @@ def _fix_code(ctx: PassContext, broken: list[Checked]) -> str:
             attributes.append(f"    attn.{name} = {q_width}")
     if not attributes:
         attributes.append("    pass  # set here any head count the module keeps (num_heads, num_key_value_groups, ...)")
-    if site.kind != "in_proj" and (ctx.checkpoint.config is not None or attention.config_dict(ctx.model.module if ctx.model else None) is not None):
+    if site.kind != "in_proj" and (ctx.config is not None or attention.config_dict(ctx.model.module if ctx.model else None) is not None):
         attributes.append("# and in config.json, when every layer keeps the same heads:")
         attributes.append(f"model.config.num_attention_heads = {q_width.replace('attn.', 'attention[0].')} // {d}")
         if site.kind == "separate":

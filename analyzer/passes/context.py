@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..model import Build, Model, Reference
+from ..model.hf import apply_patch
 from ..model.graph import GraphTrace, trace_graph
 from ..tensors.layers import Layer
 from ..load import Checkpoint
@@ -48,6 +50,16 @@ class PassContext:
     @property
     def reference(self) -> Reference | None:
         return self.build.reference
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """config.json as the tensors need it: with the stale fields patched when the pruning
+        left them stale (state-dict-mismatch reports that), so that other checks read true widths."""
+        config = self.checkpoint.config
+        fit = self.build.config_fit
+        if config is not None and fit is not None and fit.patch is not None:
+            return apply_patch(config, fit.patch)
+        return config
 
     @property
     def matching_reference(self) -> Reference | None:

@@ -43,6 +43,7 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
         stripped_prefix=checkpoint.stripped_prefix,
         placeholders=checkpoint.placeholders,
         metadata=dict(checkpoint.metadata),
+        shards=list(checkpoint.shards),
     )
     notes = list(checkpoint.notes) + list(ctx.build.notes) + shared_notes
     if checkpoint.other_weight_keys:

@@ -125,6 +125,8 @@ class Source:
     #: Classes the pickle named that were stood in by placeholders (never run).
     placeholders: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The shard files of a sharded model folder (one checkpoint); empty for a single file.
+    shards: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Source:

@@ -77,6 +77,8 @@ def _header(report: Report) -> RenderableType:
     grid.add_column()
     grid.add_row("file", f"{source.path} ({_bytes(source.file_size)})")
     read = f"{source.format}, {source.container}, read by {source.loader}"
+    if source.shards:
+        read += f", {len(source.shards)} shards"
     if source.weights_key:
         read += f", weights from '{source.weights_key}'"
     grid.add_row("read as", read)
