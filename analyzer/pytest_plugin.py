@@ -1,41 +1,71 @@
-"""pytest plugin: benchmark a pruned model in your own test suite, and fail on new findings.
+"""pytest plugin: benchmark a pruned model in your own test suite, and fail on findings.
 
-Registered through the `pytest11` entry point, so installing analyzer makes it
-available. Two pieces:
+Registered through the `pytest11` entry point, so installing the package makes it
+available (`pip install 'prune-analyzer[pytest]'` also installs pytest-benchmark, which
+`model_benchmark` runs on). Two pieces:
 
-- the `model_benchmark` fixture runs a model's forward pass under pytest-benchmark's
-  `benchmark` fixture, with warm-up, inference mode and CUDA synchronisation inside
-  the timed call (pytest-benchmark itself does not synchronise CUDA), and stores the
-  context in `benchmark.extra_info` (device, threads, torch version, MACs, params,
-  and NVML readings on a GPU);
-- `assert_clean(path, fail_on="warning")` fails the test when `analyze` finds
-  anything at or above that severity.
+- the `model_benchmark` fixture times a model's forward pass with pytest-benchmark, in
+  settings that give a median one can compare across runs on a shared CI runner: one CPU
+  thread by default (as `torch.utils.benchmark.Timer`), inference mode, CUDA synchronised
+  inside the timed call, a warm-up, rounds of at least `min_round_s` (enough calls per
+  round that scheduler jitter averages out) and at least `min_rounds` of them. The context
+  goes into `benchmark.extra_info` (device, threads, torch version, MACs, params, the
+  round settings, NVML readings on a GPU);
+- `assert_clean(path_or_module, fail_on="error", ignore=(...))` fails the test when
+  `analyze` finds anything at or above that severity — the CLI's default threshold.
 
 Regression workflow: `pytest --benchmark-autosave` once, then
-`pytest --benchmark-compare --benchmark-compare-fail=median:10%`.
+`pytest --benchmark-compare --benchmark-compare-fail=median:15%`.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 
-__all__ = ["model_benchmark", "assert_clean"]
+__all__ = ["model_benchmark", "assert_clean", "MISSING_BENCHMARK"]
+
+MISSING_BENCHMARK = (
+    "model_benchmark needs pytest-benchmark, which is not installed (or disabled with -p no:benchmark): "
+    "pip install 'prune-analyzer[pytest]'"
+)
 
 
 @pytest.fixture
-def model_benchmark(benchmark: Any) -> Callable[..., Any]:
-    """`model_benchmark(model, example_input, device="cpu", warmup=3)` → the forward's output."""
+def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """`model_benchmark(model, example_input, device="cpu", threads=1, ...)` → the forward's output.
 
-    def run(model: Any, example_input: Any, *, device: str = "cpu", warmup: int = 3) -> Any:
+    example_input: a tensor, a tuple of tensors or a dict of named tensors. threads: CPU
+    threads while timing (None keeps torch's setting). warmup: calls before timing (at
+    least 0.1 s of them). min_round_s, min_rounds, max_time_s: each round runs enough
+    calls to last min_round_s; there are at least min_rounds rounds, more while the
+    total stays under max_time_s.
+    """
+    if not request.config.pluginmanager.hasplugin("benchmark"):
+        pytest.fail(MISSING_BENCHMARK, pytrace=False)
+    benchmark = request.getfixturevalue("benchmark")
+
+    def run(
+        model: Any,
+        example_input: Any,
+        *,
+        device: str = "cpu",
+        threads: int | None = 1,
+        warmup: int = 3,
+        min_round_s: float = 0.02,
+        min_rounds: int = 20,
+        max_time_s: float = 1.0,
+    ) -> Any:
         import torch
 
         from . import __version__
-        from .model.macs import model_macs
         from .model.inputs import example_from
+        from .model.macs import model_macs
         from .model.trace import run_traced
 
         target = torch.device(device)
@@ -49,28 +79,39 @@ def model_benchmark(benchmark: Any) -> Callable[..., Any]:
                 torch.cuda.synchronize(target)
             return out
 
-        with torch.inference_mode():
-            trace = run_traced(model, x)
-            for _ in range(warmup):
-                forward()
-            sampler = _nvml_sampler(target) if cuda else None
-            if sampler is not None:
-                with sampler:
-                    result = benchmark(forward)
-            else:
-                result = benchmark(forward)
+        threads_before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                trace = run_traced(model, x)
+                per_call = _warm_up(forward, warmup)
+                iterations = max(1, math.ceil(min_round_s / per_call))
+                rounds = max(min_rounds, min(1000, int(max_time_s / (iterations * per_call))))
+                sampler = _nvml_sampler(target) if cuda else None
+                if sampler is not None:
+                    with sampler:
+                        result = benchmark.pedantic(forward, rounds=rounds, iterations=iterations, warmup_rounds=1)
+                else:
+                    result = benchmark.pedantic(forward, rounds=rounds, iterations=iterations, warmup_rounds=1)
+            used_threads = torch.get_num_threads()
+        finally:
+            torch.set_num_threads(threads_before)
         benchmark.extra_info.update(
             {
                 "analyzer": __version__,
                 "device": str(target),
                 "device_name": torch.cuda.get_device_name(target) if cuda else "cpu",
-                "threads": torch.get_num_threads(),
+                "threads": used_threads,
                 "torch": torch.__version__,
                 "input_shape": list(x.shape),
                 "params": sum(p.numel() for p in model.parameters()),
                 "macs": model_macs(model, trace) if trace.ok else None,
                 "cuda_synchronized": cuda,
                 "warmup": warmup,
+                "rounds": rounds,
+                "iterations": iterations,
+                "min_round_s": min_round_s,
             }
         )
         if sampler is not None and (summary := sampler.summary()) is not None:
@@ -87,6 +128,20 @@ def model_benchmark(benchmark: Any) -> Callable[..., Any]:
     return run
 
 
+def _warm_up(forward: Callable[[], Any], calls: int, at_least_s: float = 0.1) -> float:
+    """Run `forward` at least `calls` times and `at_least_s` seconds; the fastest call's time,
+    which sizes the rounds (the fastest: a slow outlier must not make the rounds too short)."""
+    fastest = math.inf
+    started = time.perf_counter()
+    done = 0
+    while done < calls or time.perf_counter() - started < at_least_s:
+        t0 = time.perf_counter()
+        forward()
+        fastest = min(fastest, time.perf_counter() - t0)
+        done += 1
+    return max(fastest, 1e-7)
+
+
 def _nvml_sampler(device: Any) -> Any:
     from .profile.nvml import NvmlSampler, start_sampler
 
@@ -94,15 +149,27 @@ def _nvml_sampler(device: Any) -> Any:
     return sampler if isinstance(sampler, NvmlSampler) else None
 
 
-def assert_clean(path: str | os.PathLike[str], fail_on: str = "warning", **analyze_kwargs: Any) -> Any:
-    """Analyse `path` and fail (AssertionError) on findings at or above `fail_on`; returns the report."""
+def assert_clean(
+    path: Any,
+    fail_on: str = "error",
+    *,
+    ignore: Iterable[str] = (),
+    select: Iterable[str] = (),
+    **analyze_kwargs: Any,
+) -> Any:
+    """Analyse `path` (a checkpoint, or an in-memory module with `example_input=`) and fail
+    (AssertionError) on findings at or above `fail_on` — "error" by default, as the CLI.
+    `ignore`/`select`: finding kinds, as `--ignore`/`--select`. Returns the report."""
     from .api import analyze
     from .report.model import Severity
+    from .report.process import check_kinds, select_kinds
 
-    report = analyze(path, **analyze_kwargs)
     threshold = Severity(fail_on)
+    ignored, selected = check_kinds(list(ignore), "ignore"), check_kinds(list(select), "select")
+    (report,) = select_kinds([analyze(path, **analyze_kwargs)], selected, ignored)
     bad = [f for f in report.findings if f.severity.at_least(threshold)]
     if bad:
         listed = "\n".join(f"  {f.severity.value} {f.kind} [{', '.join(f.modules[:5])}]: {f.message}" for f in bad)
-        raise AssertionError(f"{path}: {len(bad)} finding(s) at or above {fail_on}:\n{listed}")
+        name = report.source.path if not isinstance(path, (str, os.PathLike)) else path
+        raise AssertionError(f"{name}: {len(bad)} finding(s) at or above {fail_on}:\n{listed}")
     return report

@@ -51,6 +51,8 @@ class BuildOptions:
     baseline: str | None = None
     #: Example input shape; inferred from the first layer when None.
     input_shape: tuple[int, ...] | None = None
+    #: The exact example input (analyze(..., example_input=...)); takes precedence over input_shape.
+    example_input: ExampleInput | None = None
 
 
 @dataclass
@@ -99,7 +101,7 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
         if module is not None:
             example, trace = _run_example(module, options, checkpoint)
             result.model = Model(module, example, origin, trace)
-            if options.input_shape is None:
+            if options.input_shape is None and options.example_input is None:
                 result.notes.append(f"example input {example.describe()} inferred from the first layer (set --input-shape)")
     except AnalyzerError:
         raise
@@ -202,6 +204,8 @@ _FALLBACK_SIZES = (32, 64, 128, 256, 512, 16, 8, 28, 96, 112, 299, 320, 640)
 def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> tuple[ExampleInput, Trace]:
     """The example input and the model's trace on it. An inferred input is retried at other
     spatial sizes before a failure counts; the first size that runs wins."""
+    if options.example_input is not None:
+        return options.example_input, run_traced(module, options.example_input)
     shape = options.input_shape or default_input_shape(module)
     if shape is None:
         raise UsageError(f"{checkpoint.path}: cannot infer an example input for this model; pass --input-shape")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable
 
 import torch.nn as nn
 
 from ..errors import BuildError, UsageError
+from ..input_shape import parse_input_shape
 
 __all__ = ["load_factory", "build_dense", "parse_input_shape"]
 
@@ -45,15 +45,3 @@ def build_dense(spec: str | Callable[[], nn.Module]) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise BuildError(f"--arch {label}: the factory returned {type(model).__name__}, not an nn.Module")
     return model.eval()
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """"1,3,224,224" (or "1x3x224x224") -> (1, 3, 224, 224)."""
-    parts = re.split(r"[,x×]", text.strip())
-    try:
-        shape = tuple(int(part) for part in parts)
-    except ValueError as e:
-        raise UsageError(f"--input-shape {text}: expected integers like 1,3,224,224") from e
-    if any(d <= 0 for d in shape):
-        raise UsageError(f"--input-shape {text}: every dimension must be positive")
-    return shape
