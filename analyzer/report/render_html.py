@@ -123,7 +123,7 @@ def _report(report: Report, index: int, fail_on: str, several: bool) -> str:
     parts.append(f"<div class=\"verdict {_sev_class(worst)}\"><strong>Verdict.</strong> {_e(verdict)}</div>")
     if report.findings:
         parts.append(f"<h3>Findings ({len(report.findings)})</h3>")
-        parts += [_finding(f, fail_on, f"r{index}f{j}") for j, f in enumerate(report.findings)]
+        parts += [_finding(f, fail_on, f"r{index}f{j}", opened=j == 0) for j, f in enumerate(report.findings)]
     chart = _channel_chart(report.layers)
     if chart:
         parts.append(chart)
@@ -140,8 +140,9 @@ def _report(report: Report, index: int, fail_on: str, several: bool) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def _finding(f: Finding, fail_on: str, anchor: str) -> str:
-    opened = " open" if f.severity is Severity.ERROR else ""
+def _finding(f: Finding, fail_on: str, anchor: str, opened: bool = False) -> str:
+    """Collapsed, except errors and the finding the verdict leads with (the first)."""
+    opened_attr = " open" if opened or f.severity is Severity.ERROR else ""
     fails_mark = ' <span class="fails">fails</span>' if fails(f, fail_on) else ""
     body = [f"<p>{_e(f.message)}</p>"]
     if f.modules:
@@ -158,7 +159,7 @@ def _finding(f: Finding, fail_on: str, anchor: str) -> str:
             f"<pre><code class=\"language-python\">{_e(f.fix_code.rstrip())}</code></pre></div>"
         )
     summary = f"{_badge(f.severity, f.severity.value)} <code>{_e(f.kind)}</code>{fails_mark} — {_e(first_sentence(f.message))}"
-    return f"<details class=\"finding {_sev_class(f.severity)}\" id=\"{anchor}\"{opened}><summary>{summary}</summary>{''.join(body)}</details>"
+    return f"<details class=\"finding {_sev_class(f.severity)}\" id=\"{anchor}\"{opened_attr}><summary>{summary}</summary>{''.join(body)}</details>"
 
 
 def _layer_table(rows: list[LayerRow]) -> str:

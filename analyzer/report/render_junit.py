@@ -41,9 +41,10 @@ def _suite(report: Report, fail_on: str) -> ET.Element:
     for finding in report.findings:
         case = ET.SubElement(suite, "testcase", classname=report.source.path, name=_name(finding))
         text = finding.message + (f"\n\nFix: {finding.fix}" if finding.fix else "") + (f"\n\n{finding.fix_code}" if finding.fix_code else "")
+        text = _lines(text)
         if fails(finding, fail_on):
             failing += 1
-            failure = ET.SubElement(case, "failure", type=finding.kind, message=f"{finding.severity.value}: {finding.message}")
+            failure = ET.SubElement(case, "failure", type=finding.kind, message=_lines(f"{finding.severity.value}: {finding.message}"))
             failure.text = text
         else:
             ET.SubElement(case, "system-out").text = f"{finding.severity.value}: {text}"
@@ -59,3 +60,8 @@ def _suite(report: Report, fail_on: str) -> ET.Element:
 def _name(finding: Finding) -> str:
     modules = ", ".join(finding.modules[:3]) + (f" (+{len(finding.modules) - 3})" if len(finding.modules) > 3 else "")
     return f"{finding.kind} [{modules}]" if modules else finding.kind
+
+
+def _lines(text: str) -> str:
+    """XML readers turn CR LF into LF anyway: say so in what is written."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")

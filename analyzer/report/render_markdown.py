@@ -88,7 +88,8 @@ def _report(report: Report, fail_on: str, several: bool) -> list[str]:
     out: list[str] = []
     if several:
         out += [f"#### {code_span(report.source.path)}", ""]
-    out += [f"> {cell(report.verdict or 'No problems found.')}{cell(more_findings(report)) if report.findings else ''}", ""]
+    more = more_findings(report).strip()
+    out += [f"> {cell(report.verdict or 'No problems found.')}" + (f" {cell(more)}" if more else ""), ""]
     if report.findings:
         out += ["| | kind | modules | finding |", "| --- | --- | --- | --- |"]
         for f in report.findings:
