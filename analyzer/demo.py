@@ -29,15 +29,18 @@ from rich.rule import Rule
 from rich.text import Text
 
 from .api import analyze
-from .report.model import Report
+from .outputs import atomic_write_text
+from .report.model import Report, ReportSet, RunInfo
 from .report.render_rich import RenderOptions, render
 from .report.rich_compare import comparison_table
 
-__all__ = ["DemoCase", "DEMO_CASES", "make_demo_checkpoints", "run_demo", "thin_net"]
+__all__ = ["DemoCase", "DEMO_CASES", "REPORTS_FILE", "make_demo_checkpoints", "run_demo", "thin_net"]
 
 _EXAMPLE_INPUT = (1, 3, 64, 64)
+#: With --demo-dir: the reports of every case, as `analyze --json` writes them.
+REPORTS_FILE = "reports.json"
 #: The thin net runs on tiny inputs: its time is per-operator cost, not arithmetic.
-_THIN_INPUT = (1, 3, 8, 8)
+_THIN_INPUT = (1, 3, 4, 4)
 _THIN_BLOCKS = 8
 
 
@@ -244,6 +247,19 @@ DEMO_CASES: tuple[DemoCase, ...] = (
 )
 
 
+def _run_info(folder: Path) -> RunInfo:
+    import platform
+    from datetime import datetime, timezone
+
+    from . import DISTRIBUTION, __version__
+
+    return RunInfo(
+        distribution=DISTRIBUTION, version=__version__, torch=torch.__version__, python=platform.python_version(),
+        command=["analyze", "--demo", "--demo-dir", str(folder)],
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    )
+
+
 def make_demo_checkpoints(folder: Path, cases: tuple[DemoCase, ...] = DEMO_CASES) -> list[Path]:
     paths = []
     torch.manual_seed(0)
@@ -276,13 +292,18 @@ def _run_in(console: Console, folder: Path, kept: bool) -> int:
         render(report, console, RenderOptions(show_layers=False, brief=True))
         results.append(report)
     payload_ran = any(folder.glob("*.PAYLOAD-RAN"))
+    if kept:
+        atomic_write_text(folder / REPORTS_FILE, ReportSet(results, run=_run_info(folder)).to_json() + "\n")
     console.print(Rule(Text("summary", style="bold")))
     console.print(comparison_table(results))
     console.print(
         "The payload never ran (no sentinel file was created)." if not payload_ran else "[bold red]The payload ran![/]"
     )
     if kept:
-        console.print(f"The checkpoints are in [bold]{folder}[/]: the fix code above runs as printed from this folder's parent.")
+        console.print(
+            f"The checkpoints are in [bold]{folder}[/] (the fix code above reads them there), their reports in "
+            f"[bold]{folder / REPORTS_FILE}[/] (try analyze --load {folder / REPORTS_FILE} --export-html demo.html)."
+        )
     else:
         console.print("The checkpoints were made in a temporary folder, now removed: add [bold]--demo-dir DIR[/] to keep them and run the fix code.")
     console.print("Next: [bold]analyze your_model.pth[/] (--arch pkg.module:factory to compare with the dense model; --help for more).")

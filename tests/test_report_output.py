@@ -296,14 +296,16 @@ def table_names(table: str) -> list[str]:
     all its columns (6 words or more); a folded name continues at the start of the next lines
     (lines that continue other columns start with blanks); a prefix and suffix that the title
     shows as `prefix*suffix` are put back."""
-    lines = table.splitlines()
+    lines = [line.rstrip() for line in table.splitlines()]
     title = re.fullmatch(r"checkpoints(?: (.*)\*(.*))?", lines[0].strip())
     assert title, lines[0]
     prefix, suffix = title.group(1) or "", title.group(2) or ""
     rule = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"})
     keys: list[str] = []
     for line in lines[rule + 1 :]:
-        if not line.strip() or line.startswith(("E error", "  ")):
+        if not line:  # the blank line after the body
+            break
+        if line.startswith("  "):
             continue
         words = line.split()
         if len(words) >= 6:
@@ -521,15 +523,6 @@ def assert_valid(validator: jsonschema.Draft202012Validator, document: Any) -> N
 def envelope(*reports: Report) -> dict[str, Any]:
     """What `--json` writes for these reports, parsed."""
     return json.loads(ReportSet(list(reports)).to_json())
-
-
-@pytest.mark.parametrize("filename", [case.filename for case in DEMO_CASES])
-def test_schema_demo_reports(demo: DemoCheckpoints, validator, filename: str) -> None:
-    _, report = demo.get(filename)
-    document = envelope(report)
-    assert_valid(validator, document)
-    assert document["schema"] == SCHEMA and document["reports"][0]["schema"] == SCHEMA
-    assert schema_errors(document) == []  # the built-in check that --load runs agrees
 
 
 def test_schema_profiled_report(tp_pruned_path: Path, validator) -> None:
@@ -916,3 +909,72 @@ def test_no_progress_drawn_when_stderr_is_not_a_terminal(tmp_path: Path) -> None
     assert "\x1b" not in result.stdout  # no cursor movement or colour on a pipe
     assert not any(line.lstrip().startswith(_STAGES) for line in result.stdout.splitlines())
     assert "latency" in result.stdout  # it did profile
+
+
+# -- fix code: every printed and every JSON snippet parses --------------------------------
+
+
+def _printed_block(text: str, code: str, width: int) -> tuple[list[str], str]:
+    """The lines where `code` was printed (each whole, or cropped to `width` with an ellipsis),
+    and the line after them."""
+    expected = code.expandtabs(4).rstrip("\n").split("\n")
+
+    def shown(printed: str, original: str) -> bool:
+        printed, original = printed.rstrip(), original.rstrip()
+        if cell_len(original) <= width:
+            return printed == original
+        return printed.endswith("…") and cell_len(printed) == width and original.startswith(printed[:-1])
+
+    lines = text.splitlines()
+    for i in range(len(lines) - len(expected) + 1):
+        if all(shown(lines[i + j], line) for j, line in enumerate(expected)):
+            after = lines[i + len(expected)] if i + len(expected) < len(lines) else ""
+            return lines[i : i + len(expected)], after
+    raise AssertionError(f"the code was not printed line for line at {width} columns:\n{code}\n--- in ---\n{text}")
+
+
+def _snippet_reports(demo: DemoCheckpoints, tmp_path: Path, tp_pruned_path: Path) -> list[Report]:
+    # The demo's own cases are checked the same way in tests/test_demo.py, from its run.
+    reports = [demo.get(name)[1] for name in ("retinaface_heads_pruned.pth", "payload.pth", "custom_class_gone.pth")]
+    reports.append(analyze(_save_masked(tmp_path / "masked.pth")))
+    reports.append(analyze(_save_ln_structured(tmp_path / "ln.pth"), arch=ARCH, input_shape=SHAPE))
+    reports.append(_with_profile(analyze(tp_pruned_path, arch=ARCH, input_shape=SHAPE), _hand_made_profile()))
+    return reports
+
+
+def assert_snippets_parse(reports: list[Report]) -> int:
+    """Every fix code from the JSON parses with ast.parse; printed, it appears line for line at
+    the left margin — at 160 columns whole and parseable as it stands, at 80 columns cropped
+    lines end in "…" and a line says so. Returns how many printed snippets were checked."""
+    import ast
+
+    snippets = 0
+    cropped_somewhere = False
+    for report in reports:
+        data = Report.from_json(report.to_json())
+        codes = [f.fix_code for f in data.findings if f.fix_code]
+        compaction = data.compaction or {}
+        loads = [compaction["load_code"]] if compaction.get("load_code") else []
+        for code in codes + loads:
+            ast.parse(code)  # the JSON keeps the code whole
+        for width in (80, 160):
+            for options in (RenderOptions(), RenderOptions(brief=True)):
+                text = render_text(report, options, width=width)
+                # The brief layout shows the leading fix's code, unless --compact applied it.
+                lead = [] if compaction.get("output") and not compaction.get("refused") else codes[:1]
+                shown = (codes if not options.brief else lead) + loads
+                for code in shown:
+                    printed, after = _printed_block(text, code, width)
+                    if any(line.rstrip().endswith("…") and cell_len(line.rstrip()) == width for line in printed):
+                        cropped_somewhere = True
+                        assert "the JSON report (--json) has the whole code" in after, after
+                    else:
+                        ast.parse("\n".join(printed))
+                    snippets += 1
+    assert cropped_somewhere
+    return snippets
+
+
+def test_every_fix_snippet_parses_as_printed_and_in_json(demo: DemoCheckpoints, tmp_path: Path, tp_pruned_path: Path) -> None:
+    """The golden reports and a few demo cases (tests/test_demo.py checks the demo's own run)."""
+    assert assert_snippets_parse(_snippet_reports(demo, tmp_path, tp_pruned_path)) > 20

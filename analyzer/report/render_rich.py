@@ -37,6 +37,8 @@ _MAX_MODULES = 12
 #: A finding that names more modules than this speaks of the whole model: the tree does
 #: not draw all of them for it.
 _TREE_NAMED_MAX = 12
+#: The brief layout (the demo) says each finding in about two lines.
+_BRIEF_CHARS = 150
 
 
 @dataclass(frozen=True)
@@ -139,20 +141,31 @@ def _brief(report: Report) -> RenderableType:
     ]
     for finding in report.findings:
         style = _STYLE[finding.severity]
-        line = Text.assemble((f"{finding.severity.value} {finding.kind}", style), ": ", first_sentence(finding.message))
+        line = Text.assemble((f"{finding.severity.value} {finding.kind}", style), ": ", _clipped(first_sentence(finding.message)))
         if finding.modules:
             shown = ", ".join(finding.modules[:4]) + (f" … (+{len(finding.modules) - 4})" if len(finding.modules) > 4 else "")
             line.append(f" [{shown}]", style="dim")
         parts.append(line)
     lead = next((f for f in report.findings if f.fix_code), None)
+    compacted = bool(report.compaction and not report.compaction.get("refused"))
     if lead is not None:
         parts.append(Text.assemble(("fix ", "bold green"), (lead.kind, "bold"), ": ", first_sentence(lead.fix)))
-        parts.append(CodeBlock(lead.fix_code or ""))
+        if compacted:  # --compact did it: its result below; the code stays in the JSON
+            parts.append(Text("(--compact did this below; the torch-pruning code is in the JSON report)", style="dim"))
+        else:
+            parts.append(CodeBlock(lead.fix_code or ""))
     if report.profile:
         parts += profile_renderables(profile_from_dict(report.profile))[1:3]
     if report.compaction:
         parts.append(_compaction(report.compaction))
     return Group(*parts)
+
+
+def _clipped(text: str, limit: int = _BRIEF_CHARS) -> str:
+    """At most `limit` characters, cut at a word: the brief layout's one line per finding."""
+    if len(text) <= limit:
+        return text
+    return text[: text.rfind(" ", 0, limit - 2)].rstrip(",;:") + " …"
 
 
 def _finding(finding: Finding) -> RenderableType:
