@@ -198,6 +198,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise UsageError("--load re-renders a saved report; give it no checkpoint paths")
     if not args.load and not paths:
         raise UsageError("give a checkpoint to analyse (analyze model.pth), or try analyze --demo")
+    for path in [*paths, *([Path(args.baseline)] if args.baseline else [])]:
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
     settings = Settings(paths=paths, config=config.path)
     settings.fail_on, origin = pick("fail-on", args.fail_on, "error")
     if settings.fail_on not in FAIL_ON:

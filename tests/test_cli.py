@@ -155,6 +155,8 @@ def _bad_invocations(tmp: Path, ckpt: Path) -> dict[str, tuple[list[str], str]]:
         "demo-with-paths": (["--demo", str(ckpt)], "--demo takes no checkpoints"),
         "demo-dir-alone": ([str(ckpt), "--demo-dir", str(tmp)], "--demo-dir goes with --demo"),
         "select-and-ignore": ([str(ckpt), "--select", "pruning-masks", "--ignore", "pruning-masks"], "both name pruning-masks"),
+        "missing-checkpoint": ([str(tmp / "nothing.pth")], "nothing.pth: no such file"),
+        "missing-baseline": ([str(ckpt), "--baseline", str(tmp / "dense-missing.pth")], "dense-missing.pth: no such file"),
     }
 
 
