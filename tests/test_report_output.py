@@ -978,3 +978,30 @@ def assert_snippets_parse(reports: list[Report]) -> int:
 def test_every_fix_snippet_parses_as_printed_and_in_json(demo: DemoCheckpoints, tmp_path: Path, tp_pruned_path: Path) -> None:
     """The golden reports and a few demo cases (tests/test_demo.py checks the demo's own run)."""
     assert assert_snippets_parse(_snippet_reports(demo, tmp_path, tp_pruned_path)) > 20
+
+
+def _svg_lines(svg: Path) -> list[str]:
+    """The terminal lines an SVG export draws: its <text> pieces put back at their columns."""
+    root = ET.parse(svg).getroot()
+    pieces = [(float(t.get("y")), float(t.get("x")), float(t.get("textLength")), "".join(t.itertext()).replace("\xa0", " "))
+              for t in root.iter("{http://www.w3.org/2000/svg}text") if t.get("textLength") and "".join(t.itertext())]
+    cell = pieces[0][2] / len(pieces[0][3])
+    rows: dict[float, list[str]] = {}
+    for y, x, _, text in sorted(pieces):
+        row = rows.setdefault(y, [])
+        column = round(x / cell)
+        line = "".join(row).ljust(column)
+        rows[y] = [line[:column] + text]
+    return ["".join(rows[y]).rstrip() for y in sorted(rows)]
+
+
+def test_export_svg_of_a_sweep_keeps_the_names_at_80_columns(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    paths = [_save_clean(tmp_path / SWEEP_NAMES[0]), _save_masked(tmp_path / SWEEP_NAMES[1])]
+    svg = tmp_path / "sweep.svg"
+    result = run_cli(*paths, "--export-svg", svg)
+    assert result.code == 0, result.err
+    lines = _svg_lines(svg)
+    start = next(i for i, line in enumerate(lines) if line.startswith("checkpoints"))
+    assert table_names("\n".join(lines[start:])) == list(SWEEP_NAMES[:2])
+    assert max(len(line) for line in lines) <= 80
