@@ -1,7 +1,7 @@
-"""analyzer: diagnose pruned PyTorch models.
+"""analyzer: diagnose pruned PyTorch models (distribution `prune-analyzer`, command `analyze`).
 
     from analyzer import analyze
-    report = analyze("pruned.pth")
+    report = analyze("pruned.pth")          # or analyze(model, example_input=torch.randn(1, 3, 224, 224))
     for finding in report.findings:
         print(finding.severity, finding.kind, finding.modules, finding.message)
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+#: The name on the package index (`pip install prune-analyzer`); `analyzer` there is another project.
+DISTRIBUTION = "prune-analyzer"
 
 _EXPORTS = {
     "analyze": "analyzer.api",
@@ -24,6 +26,7 @@ _EXPORTS = {
     "load_pruned": "analyzer.api",
     "assert_clean": "analyzer.pytest_plugin",
     "Report": "analyzer.report.model",
+    "ReportSet": "analyzer.report.model",
     "Finding": "analyzer.report.model",
     "LayerRow": "analyzer.report.model",
     "Severity": "analyzer.report.model",
@@ -34,14 +37,14 @@ _EXPORTS = {
     "NotRunnableError": "analyzer.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "DISTRIBUTION", *_EXPORTS]
 
 if TYPE_CHECKING:
     from .api import analyze, load_pruned
     from .errors import AnalyzerError, BuildError, InputError, NotRunnableError, UsageError
     from .load import Checkpoint, LoadOptions, load_checkpoint
     from .pytest_plugin import assert_clean
-    from .report.model import Finding, LayerRow, Report, Severity
+    from .report.model import Finding, LayerRow, Report, ReportSet, Severity
 
 
 def __getattr__(name: str) -> Any:

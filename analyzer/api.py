@@ -1,12 +1,13 @@
-"""The library entry points: `analyze(path, ...) -> Report` and `load_pruned(path, factory)`.
+"""The library entry points: `analyze(path | module, ...) -> Report` and `load_pruned(path, factory)`.
 
 load → layers → passes → report, in one direction. The CLI is a thin layer over this.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from .model import BuildOptions, build, parse_input_shape, rebuild_pruned
-from .model.inputs import ExampleInput, example_from
+from .model.inputs import ExampleInput
 from .compact import compact
 from .errors import UsageError
-from .tensors.layers import build_layers
-from .load import LoadOptions, load_checkpoint
+from .tensors.layers import Layer, build_layers
+from .load import Checkpoint, LoadOptions, load_checkpoint
 from .load.limits import Limits, enforced, limits_for
 from .passes import AnalysisOptions, PassContext, run_passes
 from .profile import ProfileOptions, ProfileResult, profile_models
@@ -31,7 +32,7 @@ __all__ = ["analyze", "load_pruned"]
 
 
 def analyze(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | nn.Module,
     *,
     arch: str | None = None,
     baseline: str | os.PathLike[str] | None = None,
@@ -49,7 +50,8 @@ def analyze(
     round_to: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """Analyse the checkpoint at `path` and return the report; raises AnalyzerError when it cannot.
+    """Analyse the checkpoint at `path` (or an in-memory `nn.Module`) and return the report;
+    raises AnalyzerError when it cannot.
 
     arch: `pkg.module:factory` of the dense architecture (imports that code); baseline: a
     dense checkpoint to compare with (path may be a save_pretrained folder or a shard index:
@@ -65,8 +67,50 @@ def analyze(
     compact_to: write a copy with zeroed channels really removed (and masks folded) to this
     path, outputs verified equal; round_to: keep widths multiples of this when compacting;
     progress: a listener for long steps (the CLI's progress bar).
+
+    `path` may be the model itself, as torchinfo, fvcore and torch-pruning take it: the
+    same report, read from the module's parameters, with the source shown as
+    "<in-memory Module ClassName>". Its train/eval mode is restored afterwards.
     """
+    if isinstance(path, nn.Module):
+        with _restored_mode(path):
+            return _analyze(_module_checkpoint(path), **_arguments(locals()))
     progress = progress or NullProgress()
+    load_options = LoadOptions(trust=trust, allow_modules=tuple(allow_modules), key=key)
+    with progress.stage(f"reading {Path(path).name}"):
+        checkpoint = load_checkpoint(Path(path), load_options, progress)
+    return _analyze(checkpoint, **_arguments(locals()))
+
+
+def _arguments(names: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "arch", "baseline", "input_shape", "trust", "allow_modules", "key", "zero_tol", "profile", "device", "batches",
+        "profile_options", "compact_to", "round_to", "progress", "example_input",
+    )
+    return {k: names[k] for k in keys}
+
+
+def _analyze(
+    checkpoint: Checkpoint,
+    *,
+    arch: str | None,
+    baseline: str | os.PathLike[str] | None,
+    input_shape: tuple[int, ...] | str | None,
+    trust: bool,
+    allow_modules: tuple[str, ...] | list[str],
+    key: str | None,
+    zero_tol: float,
+    profile: bool,
+    device: str,
+    batches: tuple[int, ...],
+    profile_options: ProfileOptions | None,
+    compact_to: str | os.PathLike[str] | None,
+    round_to: int | None,
+    progress: Progress | None,
+    example_input: Any,
+) -> Report:
+    progress = progress or NullProgress()
+    path = checkpoint.path
     load_options = LoadOptions(trust=trust, allow_modules=tuple(allow_modules), key=key)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
@@ -75,17 +119,17 @@ def analyze(
         if example_input is not None and input_shape is not None:
             raise UsageError("give the example input or its shape, not both")
         input_shape = None
-    with progress.stage(f"reading {Path(path).name}"):
-        checkpoint = load_checkpoint(Path(path), load_options, progress)
+    if input_shape is not None:
+        check_input_rank(build_layers(checkpoint), tuple(input_shape))
     build_options = BuildOptions(
         arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape, inputs=named,
         example_input=_example(example_input),
     )
-    with progress.stage("building and running the model"), _memory_bounded(checkpoint.file_size, checkpoint.path):
+    with progress.stage("building and running the model"), _memory_bounded(checkpoint):
         built = build(checkpoint, build_options, load_options)
     ctx = PassContext(
         checkpoint=checkpoint,
-        layers=build_layers(checkpoint),
+        layers=build_layers(checkpoint),  # after build: it may name the tensors as transformers loads them
         options=AnalysisOptions(zero_tol=zero_tol),
         build=built,
     )
@@ -97,23 +141,79 @@ def analyze(
         options = profile_options or ProfileOptions(device=device, batches=tuple(batches))
         with progress.stage("profiling"):
             ctx.profile, ctx.profile_skipped = _profile(ctx, options)
-    with progress.stage("checking"), _memory_bounded(checkpoint.file_size, checkpoint.path):
+    with progress.stage("checking"), _memory_bounded(checkpoint):
         findings, not_analysed = run_passes(ctx)
     report = build_report(ctx, findings, not_analysed)
     report.profile = ctx.profile.to_dict() if ctx.profile else None
     if compact_to is not None:
-        with progress.stage("compacting"), _memory_bounded(checkpoint.file_size, checkpoint.path):
+        with progress.stage("compacting"), _memory_bounded(checkpoint):
             report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, findings).to_dict()
     return report
 
 
-def _example(value: Any) -> ExampleInput | None:
+def _module_checkpoint(module: nn.Module) -> Checkpoint:
+    """An in-memory module read as a checkpoint that holds it (no file, nothing unpickled)."""
+    from .load.checkpoint import DictTensorStore
+    from .load.extract import extract_weights, find_masks
+
+    extracted = extract_weights(module)
+    return Checkpoint(
+        path=Path(f"<in-memory Module {type(module).__name__}>"),
+        format="in-memory",
+        container=extracted.container,
+        tensors=DictTensorStore(extracted.tensors),
+        loader="in-memory",
+        file_size=0,
+        module=extracted.module,
+        module_types=extracted.module_types,
+        buffers=extracted.buffers,
+        masks=find_masks(list(extracted.tensors)),
+    )
+
+
+@contextlib.contextmanager
+def _restored_mode(module: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _example(value: Any) -> Any:
     if value is None:
         return None
+    from .model.inputs import example_from
+
     try:
         return example_from(value)
     except TypeError as e:
-        raise UsageError(str(e)) from e
+        raise UsageError(f"example_input: {e}") from e
+
+
+def check_input_rank(layers: list[Layer], shape: tuple[int, ...]) -> None:
+    """A usage error, before anything runs, when the input cannot feed the model's convolutions.
+
+    Known cheaply from the weights alone: when every convolution of the model has the same
+    number of spatial dimensions (all Conv2d, say) and nothing takes token ids, the input
+    must be (N, C, *spatial) with C the input channels of the first convolution."""
+    convs = [layer for layer in layers if layer.is_conv and not layer.type.startswith("ConvTranspose") and layer.shape]
+    if not convs or any(layer.type == "Embedding" for layer in layers):
+        return
+    ranks = {len(layer.shape or ()) for layer in convs}
+    if len(ranks) != 1:
+        return
+    rank = ranks.pop()
+    first = convs[0]
+    if len(shape) != rank:
+        channels = (first.shape or (0, 0))[1]
+        example = ",".join(["1", str(channels), *(["224"] * (rank - 2))])
+        spatial = ("L",) if rank == 3 else ("H", "W") if rank == 4 else ("D", "H", "W")
+        raise UsageError(
+            f"--input-shape {','.join(map(str, shape))}: this model's convolutions ({first.name}: {first.type}) take "
+            f"{rank}-d input (N, C, {', '.join(spatial)}), e.g. --input-shape {example}"
+        )
 
 
 def _compact(
@@ -129,12 +229,15 @@ def _compact(
     return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured, len(ctx.checkpoint.masks))
 
 
-def _memory_bounded(file_size: int, path: Path) -> Any:
+def _memory_bounded(checkpoint: Checkpoint) -> Any:
     """Running a model from a file is bounded like reading it: its layers' attributes come
     from the file too (a crafted Upsample factor or padding must fail, not exhaust memory).
-    Memory only: a large model may legitimately take long; CUDA (profiling) is never under it."""
-    limits = limits_for(file_size)
-    return enforced(Limits(memory_bytes=(limits.memory_bytes or 0) + 2 * _GB, seconds=None), path)
+    Memory only: a large model may legitimately take long; CUDA (profiling) is never under it.
+    An in-memory module is the caller's own object: nothing from a file to bound."""
+    if checkpoint.format == "in-memory":
+        return contextlib.nullcontext()
+    limits = limits_for(checkpoint.file_size)
+    return enforced(Limits(memory_bytes=(limits.memory_bytes or 0) + 2 * _GB, seconds=None), checkpoint.path)
 
 
 _GB = 1 << 30

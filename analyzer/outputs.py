@@ -14,9 +14,15 @@ __all__ = ["atomic_write", "atomic_write_text"]
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call `write` on a temp file in the target's folder, then rename it over `path`.
 
-    A crash leaves either the old file or the new one, never half of one.
+    A crash leaves either the old file or the new one, never half of one. A symlink is
+    followed (the file it points to is replaced, not the link); a target that is not a
+    regular file (/dev/null, a FIFO) is written through, never replaced by a file.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        with open(target, "wb") as f:
+            write(f)
+        return target
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -665,7 +665,7 @@ def test_cli_happy_path_prints_compact_panel(run_cli, r34: Pruned34, unchanged, 
     assert out.exists()
     check()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pth", "report.json"]
-    saved = json.loads(report.read_text())
+    (saved,) = json.loads(report.read_text())["reports"]  # the one report of the envelope (analyzer-report/2)
     assert saved["compaction"]["saved_as"] == "state dict + arch"
     assert saved["compaction"]["params_after"] < saved["compaction"]["params_before"]
     _assert_same_outputs(r34.masked, load_pruned(out, ARCH34), _inputs(SHAPE, count=1))

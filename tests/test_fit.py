@@ -522,7 +522,7 @@ def test_cli_wrong_variant_exits_1_with_the_mismatch(pruned, run_cli) -> None:
     result = run_cli(path, "--arch", "analyzer.zoo:resnet34", "--input-shape", "1,3,32,32", "--json", "-")
     assert result.code == 1, result.err
     assert "Traceback" not in result.out + result.err
-    data = json.loads(result.out)
+    (data,) = json.loads(result.out)["reports"]  # the one report of the envelope (analyzer-report/2)
     findings = [f for f in data["findings"] if f["kind"] == MISMATCH]
     assert len(findings) == 1 and findings[0]["severity"] == "error"
     evidence = findings[0]["evidence"]

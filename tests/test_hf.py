@@ -107,8 +107,9 @@ def test_cli_folder_report_validates_and_names_its_shards(layouts: dict[str, Pat
     out = tmp_path / "report.json"
     result = run_cli(layouts["sharded"], "--json", out)
     assert result.code == 0, result.err
-    report = json.loads(out.read_text())
-    jsonschema.validate(report, SCHEMA)
+    document = json.loads(out.read_text())
+    jsonschema.validate(document, SCHEMA)
+    report = document["reports"][0]
     assert report["source"]["format"] == "hf-folder"
     assert len(report["source"]["shards"]) > 2
     assert "shards" in result.out
@@ -217,7 +218,7 @@ def test_named_inputs_from_the_cli_and_the_api(dense_folders: dict[str, Path], r
     out = tmp_path / "r.json"
     result = run_cli(dense_folders["llama"], "--input", "input_ids=2,8", "--input", "attention_mask=2,8", "--json", out)
     assert result.code == 0, result.err
-    assert json.loads(out.read_text())["summary"]["macs_input_shape"] == [2, 8]
+    assert json.loads(out.read_text())["reports"][0]["summary"]["macs_input_shape"] == [2, 8]
     report = analyze(dense_folders["bert"], example_input={"input_ids": torch.randint(0, VOCAB, (1, 5))})
     assert report.summary.macs_input_shape == [1, 5] and _kinds(report, "error") == []
     _one_error_line(run_cli(dense_folders["llama"], "--input", "input_ids"), "NAME=SHAPE")
@@ -293,7 +294,7 @@ def _without_transformers(*args: str | Path) -> tuple[int, dict[str, Any]]:
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )
     assert result.returncode in (0, 1), result.stderr
-    return result.returncode, json.loads(result.stdout)
+    return result.returncode, json.loads(result.stdout)["reports"][0]
 
 
 def test_without_transformers_the_static_checks_run(dense_folders: dict[str, Path], tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def _dense_from_config(checkpoint: Checkpoint, result: Build) -> nn.Module | Non
         return None
     if not hf.available():
         result.notes.append(
-            "config.json was read but transformers is not installed: installing analyzer[transformers] "
+            "config.json was read but transformers is not installed: installing prune-analyzer[transformers] "
             f"({hf.INSTALL_HINT}) builds the dense model from it (stale config fields, removed channels, "
             "running the model); the checks below are those the tensors allow alone"
         )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable
 
 import torch.nn as nn
 
 from ..errors import BuildError, UsageError
+from ..input_shape import parse_input_shape, parse_named_input
 
 __all__ = ["load_factory", "build_dense", "parse_input_shape", "parse_named_input"]
 
@@ -45,27 +45,3 @@ def build_dense(spec: str | Callable[[], nn.Module]) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise BuildError(f"--arch {label}: the factory returned {type(model).__name__}, not an nn.Module")
     return model.eval()
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """"1,3,224,224" (or "1x3x224x224") -> (1, 3, 224, 224)."""
-    parts = re.split(r"[,x×]", text.strip())
-    try:
-        shape = tuple(int(part) for part in parts)
-    except ValueError as e:
-        raise UsageError(f"--input-shape {text}: expected integers like 1,3,224,224") from e
-    if any(d <= 0 for d in shape):
-        raise UsageError(f"--input-shape {text}: every dimension must be positive")
-    return shape
-
-
-def parse_named_input(text: str) -> tuple[str, tuple[int, ...]]:
-    """"input_ids=1,16" -> ("input_ids", (1, 16)): one named input of the model's forward."""
-    name, sep, shape = text.partition("=")
-    name = name.strip()
-    if not sep or not name.isidentifier():
-        raise UsageError(f"--input {text}: expected NAME=SHAPE like input_ids=1,16")
-    try:
-        return name, parse_input_shape(shape)
-    except UsageError as e:
-        raise UsageError(f"--input {text}: expected NAME=SHAPE like input_ids=1,16 (positive integers)") from e

@@ -50,7 +50,7 @@ __all__ = [
     "INSTALL_HINT",
 ]
 
-INSTALL_HINT = "pip install 'analyzer[transformers]'"
+INSTALL_HINT = "pip install 'prune-analyzer[transformers]'"
 #: A config whose model takes longer than this to build (on meta!) is not a real one.
 _BUILD_SECONDS = 60.0
 #: Integer config fields probed when the tensors do not fit the config.
@@ -63,7 +63,7 @@ class ConfigUnusable(Exception):
 
 
 def available() -> bool:
-    """Whether transformers can be imported (the optional analyzer[transformers] extra)."""
+    """Whether transformers can be imported (the optional prune-analyzer[transformers] extra)."""
     try:
         import transformers  # noqa: F401
     except ImportError:

@@ -199,8 +199,8 @@ def _static_config_check(ctx: PassContext) -> list[Finding]:
             ),
             evidence={"cause": STALE_CONFIG, "absent_widths": absent, "tensor_widths": sorted(d for d in dims if d > 1)[:50]},
             fix=(
-                "Update config.json to the pruned widths. Install analyzer[transformers] "
-                "(pip install 'analyzer[transformers]') for the exact fields and values."
+                "Update config.json to the pruned widths. Install prune-analyzer[transformers] "
+                "(pip install 'prune-analyzer[transformers]') for the exact fields and values."
             ),
         )
     ]

@@ -15,6 +15,8 @@ from typing import Any
 __all__ = [
     "SCHEMA",
     "Severity",
+    "RunInfo",
+    "ReportSet",
     "Finding",
     "LayerRow",
     "Source",
@@ -23,7 +25,9 @@ __all__ = [
 ]
 
 #: Bumped when a field changes meaning or disappears; new optional fields do not bump it.
-SCHEMA = "analyzer-report/1"
+#: 2: every document is the `ReportSet` envelope (1 had a bare report for one input), and
+#: the verdict holds no render text.
+SCHEMA = "analyzer-report/2"
 
 
 class Severity(str, enum.Enum):
@@ -212,6 +216,67 @@ class Report:
 
     @classmethod
     def from_json(cls, text: str) -> Report:
+        """One report: a bare report object, or a `ReportSet` document that holds exactly one."""
+        data = json.loads(text)
+        if isinstance(data, dict) and "reports" in data:
+            reports = data["reports"]
+            if not isinstance(reports, list) or len(reports) != 1:
+                raise ValueError("the document holds several reports: read it with ReportSet.from_json")
+            data = reports[0]
+        return cls.from_dict(data)
+
+
+@dataclass
+class RunInfo:
+    """How the reports of one run were made: for the HTML title block, SARIF and re-rendering."""
+
+    tool: str = "analyze"
+    #: The distribution on the package index (the import package is `analyzer`).
+    distribution: str = ""
+    version: str = ""
+    torch: str | None = None
+    python: str | None = None
+    #: The command line, as a list of arguments (argv[0] = "analyze").
+    command: list[str] | None = None
+    #: When the analysis ran, ISO 8601 in UTC.
+    created: str | None = None
+    #: Finding kinds kept and dropped (`--select`/`--ignore`, or the pyproject.toml table).
+    select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    #: The saved report whose findings were taken as known (`--baseline-report`).
+    baseline_report: str | None = None
+    #: Where the configuration came from (a pyproject.toml), if anywhere.
+    config: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunInfo:
+        return _from_fields(cls, data)
+
+
+@dataclass
+class ReportSet:
+    """The one top-level shape of a JSON document, whatever the number of inputs."""
+
+    reports: list[Report]
+    run: RunInfo = field(default_factory=RunInfo)
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "run": dataclasses.asdict(self.run), "reports": [r.to_dict() for r in self.reports]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReportSet:
+        return cls(
+            reports=[Report.from_dict(r) for r in data["reports"]],
+            run=RunInfo.from_dict(data.get("run") or {}),
+            schema=data.get("schema", SCHEMA),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ReportSet:
         return cls.from_dict(json.loads(text))
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from rich import box
+from typing import TYPE_CHECKING
+
 from rich.console import RenderableType
-from rich.table import Table
 from rich.text import Text
 
-from ..profile.result import ProfileResult
+from .rich_compare import short_number
+from .rich_fit import Column, Fitted, TableSpec
+
+if TYPE_CHECKING:
+    from ..profile.result import ProfileResult
 
 __all__ = ["profile_renderables"]
 
@@ -36,61 +40,60 @@ def profile_renderables(profile: ProfileResult) -> list[RenderableType]:
     return parts
 
 
-def _latency_table(profile: ProfileResult) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="latency", title_justify="left", title_style="bold")
-    for column in ("batch", "model", "median ms", "IQR ms", "p90 ms", "samples", "speedup"):
-        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
+def _latency_table(profile: ProfileResult) -> RenderableType:
+    rows = []
     for stats in sorted(profile.latency, key=lambda s: (s.batch, s.label)):
         dense = profile.median("dense", stats.batch)
         speedup = f"{dense / stats.median_ms:.2f}×" if stats.label == "pruned" and dense else ""
         samples = f"{len(stats.samples_ms)}" + (f" × {stats.calls_per_sample}" if stats.calls_per_sample > 1 else "")
         label = stats.label if "dense" in profile.flops else "model"
-        table.add_row(
-            str(stats.batch),
-            label + (" (noisy)" if stats.noisy else ""),
-            f"{stats.median_ms:.3f}",
-            f"{stats.iqr_ms:.3f}",
-            f"{stats.p90_ms:.3f}",
-            samples,
-            speedup,
-        )
-    return table
+        label += " (noisy)" if stats.noisy else ""
+        rows.append([str(stats.batch), label, f"{stats.median_ms:.3f}", f"{stats.iqr_ms:.3f}", f"{stats.p90_ms:.3f}", samples, speedup])
+    headers = ("batch", "model", "median ms", "IQR ms", "p90 ms", "samples", "speedup")
+    wide = TableSpec([Column(h, "left" if h == "model" else "right", key=h == "model") for h in headers], rows, title="latency")
+    keep = (0, 1, 2, 3, 6)
+    narrow = TableSpec([wide.columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title="latency")
+    return Fitted(wide, narrow)
 
 
-def _flops_table(profile: ProfileResult) -> Table:
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        title="FLOPs (fvcore, every op it knows; one multiply-add counts once)",
-        title_justify="left",
-        title_style="bold",
-    )
-    for column in ("model", "MACs", "params", "not counted by fvcore"):
-        table.add_column(column, justify="left" if column in ("model", "not counted by fvcore") else "right", overflow="fold")
+def _flops_table(profile: ProfileResult) -> RenderableType:
+    rows = []
     for label, flops in profile.flops.items():
         uncounted = ", ".join(f"{op}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
-        table.add_row(label if "dense" in profile.flops else "model", f"{flops.macs:,}", f"{flops.params:,}", uncounted)
-    return table
+        rows.append([label if "dense" in profile.flops else "model", f"{flops.macs:,}", f"{flops.params:,}", uncounted])
+    columns = [Column("model", key=True), Column("MACs", "right"), Column("params", "right"), Column("not counted by fvcore", wrap=True)]
+    title = "FLOPs (fvcore, every op it knows; one multiply-add counts once)"
+    return Fitted(TableSpec(columns, rows, title=title))
 
 
-def _layer_table(profile: ProfileResult) -> Table:
+def _layer_table(profile: ProfileResult) -> RenderableType:
     which = "pruned model" if "dense" in profile.flops else "model"
-    table = Table(box=box.SIMPLE_HEAD, title=f"where the time goes ({which})", title_justify="left", title_style="bold")
-    for column in ("module", "type", "ms", "share", "fixed", "MACs", "FLOP/B", "bound", "pruned"):
-        table.add_column(column, justify="left" if column in ("module", "type", "bound", "pruned") else "right", overflow="fold")
-    for layer in sorted(profile.layers, key=lambda l: -l.time_ms)[:_MAX_PROFILE_LAYERS]:
-        pruned = "" if layer.pruned is None else ("yes" if layer.pruned else "no")
-        fixed = f"{layer.fixed_ms / layer.time_ms:.0%}" if layer.time_ms else ""
-        table.add_row(
-            layer.name, layer.type, f"{layer.time_ms:.3f}", f"{layer.share:.1%}", fixed, f"{layer.macs:,}",
-            f"{layer.intensity:.2g}", layer.bound, pruned,
-        )
+    title = f"where the time goes ({which})"
     captions = []
     if profile.fixed_cost_share is not None:
         captions.append(f"{profile.fixed_cost_share:.0%} of the layer time is fixed per-op cost")
     if profile.unpruned_time_share is not None:
         captions.append(f"{profile.unpruned_time_share:.0%} is in layers the pruning did not touch")
-    table.caption = "; ".join(captions) or None
-    return table
+    caption = "; ".join(captions) or None
+    wide_rows, narrow_rows = [], []
+    for layer in sorted(profile.layers, key=lambda l: -l.time_ms)[:_MAX_PROFILE_LAYERS]:
+        pruned = "" if layer.pruned is None else ("yes" if layer.pruned else "no")
+        fixed = f"{layer.fixed_ms / layer.time_ms:.0%}" if layer.time_ms else ""
+        numbers = [f"{layer.time_ms:.3f}", f"{layer.share:.1%}", fixed]
+        tail = [f"{layer.intensity:.2g}", layer.bound, pruned]
+        wide_rows.append([layer.name, layer.type, *numbers, f"{layer.macs:,}", *tail])
+        named = Text.assemble(layer.name, "\n", (layer.type, "dim"))
+        narrow_rows.append([named, *numbers, short_number(layer.macs), *tail])
+    headers = ("ms", "share", "fixed", "MACs", "FLOP/B")
+    wide = TableSpec(
+        [Column("module", key=True), Column("type"), *(Column(h, "right") for h in headers), Column("bound"), Column("pruned")],
+        wide_rows, title=title, caption=caption,
+    )
+    narrow = TableSpec(
+        [Column("module", key=True), *(Column(h, "right") for h in headers), Column("bound"), Column("pruned")],
+        narrow_rows, title=title, caption=caption,
+    )
+    return Fitted(wide, narrow)
 
 
 def _nvml_line(profile: ProfileResult) -> Text:

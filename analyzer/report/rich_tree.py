@@ -1,23 +1,30 @@
 """The module tree: where pruning happened, at a glance.
 
 Each layer shows its type, a bar of channels kept against the dense reference, its
-weight sparsity and zero pattern; containers add up what is below them. Large models
-fold away the layers with nothing to note.
+weight sparsity and zero pattern; containers add up what is below them. Only what has
+something to say is drawn: layers with zeros or masks, widths unlike the rest of the
+model, modules a finding names. The rest is one line at the end (`--all-layers` draws
+everything); a model with nothing to note at all is one line.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
+from rich.console import RenderableType
 from rich.text import Text
 from rich.tree import Tree
 
 from .model import LayerRow
 
-__all__ = ["module_tree", "retention_bar"]
+__all__ = ["module_tree", "retention_bar", "SMALL_MODEL_ROWS"]
 
 _BAR_CELLS = 10
-_MAX_ROWS = 60
+#: Models with at most this many layers are drawn whole: folding them saves nothing.
+SMALL_MODEL_ROWS = 8
+#: A layer whose retention differs from the model's by more than this is worth a line.
+_RETENTION_APART = 0.1
 
 
 @dataclass
@@ -31,54 +38,63 @@ class _Node:
         return own + [r for child in self.children.values() for r in child.rows()]
 
 
-def module_tree(rows: list[LayerRow], all_layers: bool = False, named: set[str] = frozenset()) -> Tree:
-    """`named`: modules the findings name; they are always shown."""
+def module_tree(rows: list[LayerRow], all_layers: bool = False, named: set[str] = frozenset()) -> RenderableType:
+    """`named`: modules the findings point at; they are always drawn."""
     root = _Node("")
     for row in rows:
         node = root
         for part in row.name.split("."):
             node = node.children.setdefault(part, _Node(part))
         node.row = row
-    fold = not all_layers and len(rows) > _MAX_ROWS
+    overall = _retention(rows)
+    fold = not all_layers and len(rows) > SMALL_MODEL_ROWS
+
+    def shown(row: LayerRow) -> bool:
+        return not fold or row.name in named or _notable(row, overall)
+
+    if fold and not any(shown(r) for r in rows):
+        return _one_line(rows, overall)
     tree = Tree(Text("modules", style="bold"), guide_style="dim")
     for child in root.children.values():
-        _add(tree, child, depth=1, fold=fold, named=named)
+        _add(tree, child, shown)
+    hidden = [r for r in rows if not shown(r)]
+    if hidden:
+        kept = _retention(hidden)
+        like = f", widths like the rest ({kept:.0%} kept)" if kept is not None else ""
+        tree.add(Text(f"… {len(hidden)} more layer{'s' if len(hidden) != 1 else ''}: no zeros or masks{like} (--all-layers shows them)", style="dim"))
     return tree
 
 
-def _add(parent: Tree, node: _Node, depth: int, fold: bool, named: set[str]) -> None:
+def _add(parent: Tree, node: _Node, shown: object) -> None:
     rows = node.rows()
+    if not any(shown(r) for r in rows):  # type: ignore[operator]
+        return
     if node.row is not None and not node.children:
         parent.add(_leaf_label(node.name, node.row))
         return
-    ratio = _retention(rows)
-    if fold and not any(_notable(r, ratio) or r.name in named for r in rows):
-        label = _container_label(node.name, rows)
-        label.append(f"  {len(rows)} layer{'s' if len(rows) != 1 else ''}, nothing to note", style="dim")
-        parent.add(label)
-        return
-    hidden = 0
     branch = parent.add(_container_label(node.name, rows))
-    shown = 0
     for child in node.children.values():
-        child_rows = child.rows()
-        if fold and depth >= 2 and not any(_notable(r, ratio) or r.name in named for r in child_rows):
-            hidden += len(child_rows)
-            continue
-        _add(branch, child, depth + 1, fold, named)
-        shown += 1
-    if hidden:
-        like = f", kept like the rest ({ratio:.0%})" if ratio is not None else ""
-        more = " more" if shown else ""
-        branch.add(Text(f"… {hidden}{more} layer{'s' if hidden != 1 else ''} with no zeros or masks{like}", style="dim"))
+        _add(branch, child, shown)
+
+
+def _one_line(rows: list[LayerRow], overall: float | None) -> Text:
+    types = Counter(r.type for r in rows)
+    listed = ", ".join(f"{n} {t}" for t, n in types.most_common(4)) + (", …" if len(types) > 4 else "")
+    text = Text.assemble(("modules ", "bold"), f"{len(rows)} layers, no zeros or masks")
+    if overall is not None:
+        text.append(", every width ")
+        text.append_text(retention_bar(overall))
+        text.append(f" {overall:.0%} of reference")
+    text.append(f"\n  {listed} (--all-layers draws each)", style="dim")
+    return text
 
 
 def _notable(row: LayerRow, around: float | None) -> bool:
-    """Worth a line of its own: zeros, masks, or a retention unlike its container's."""
+    """Worth a line of its own: zeros, masks, or a retention unlike the model's."""
     if row.masked or row.pattern not in (None, "dense"):
         return True
     ratio = _retention([row])
-    return ratio is not None and around is not None and abs(ratio - around) > 0.1
+    return ratio is not None and around is not None and abs(ratio - around) > _RETENTION_APART
 
 
 def _retention(rows: list[LayerRow]) -> float | None:

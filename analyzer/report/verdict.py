@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from .model import Finding, Severity
 
-__all__ = ["verdict", "PRIORITY"]
+__all__ = ["verdict", "PRIORITY", "first_sentence"]
 
 #: Which finding the verdict leads with: the first kind present, in this order.
 PRIORITY = (
@@ -32,27 +32,25 @@ PRIORITY = (
 
 
 def verdict(findings: list[Finding]) -> str:
+    """What to fix first, as data: how many other findings there are is the renderer's to say."""
     if not findings:
         return "No problems found."
     rank = {kind: i for i, kind in enumerate(PRIORITY)}
     lead = min(findings, key=lambda f: (-f.severity.rank, rank.get(f.kind, len(PRIORITY))))
-    headline = _HEADLINES.get(lead.kind, _generic)(lead)
-    others = len(findings) - 1
-    if others:
-        headline += f" ({others} more finding{'s' if others != 1 else ''} below.)"
-    return headline
+    return _HEADLINES.get(lead.kind, _generic)(lead)
 
 
 _SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z(])")
 
 
-def _first_sentence(text: str) -> str:
+def first_sentence(text: str) -> str:
     return _SENTENCE_END.split(text, maxsplit=1)[0].rstrip(".") + "."
 
 
+
 def _generic(finding: Finding) -> str:
-    fix = f" {_first_sentence(finding.fix)}" if finding.fix else ""
-    return _first_sentence(finding.message) + fix
+    fix = f" {first_sentence(finding.fix)}" if finding.fix else ""
+    return first_sentence(finding.message) + fix
 
 
 def _zeroed(finding: Finding) -> str:
