@@ -5,6 +5,10 @@ factory's dense model fitted to the checkpoint (resized to a pruned state dict, 
 rebuilt with torch-pruning's `tp.load_state_dict`). It is run once on an example input;
 a forward pass that fails is recorded with the module where it failed. Nothing here
 makes findings: the passes read the `Build`.
+
+The model is run single-threaded (see `threads.py`), and what is derived from running it
+— its MACs, torch-pruning's DependencyGraph, the coupled channel groups, what the probe
+inputs carry — is computed once per `Model` and shared by every pass and by compaction.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -20,9 +25,13 @@ import torch.nn as nn
 from ..errors import AnalyzerError, BuildError, UsageError
 from ..load import Checkpoint, LoadOptions, load_checkpoint
 from ..load.placeholder import Placeholder
+from .coupling import ChannelGroup, coupled_groups, dependency_graph
 from .factory import build_dense, load_factory, parse_input_shape
 from .fit import PRUNED, FitReport, compare, resize_to
 from .inputs import ExampleInput, default_input_shape, random_input
+from .macs import MacCount, count_macs
+from .silence import ChannelRange, consumer_ranges, probe_inputs
+from .threads import SINGLE_THREAD_NOTE, single_threaded
 from .trace import ForwardFailure, ModuleCall, Trace, run_traced
 
 __all__ = [
@@ -54,12 +63,61 @@ class BuildOptions:
 
 
 @dataclass
+class Probed:
+    """What the probe inputs showed: each consuming layer's input channel ranges, and the model's outputs."""
+
+    inputs: list[ExampleInput]
+    ranges: dict[str, ChannelRange]
+    outputs: list[Any]
+
+
+@dataclass
 class Model:
     module: nn.Module
     example_input: ExampleInput
     #: "checkpoint" (the file's own module), "arch" (resized --arch model), "tp.load_state_dict".
     origin: str
     trace: Trace
+    #: MACs of one forward pass on example_input (None: the model did not run, or could not be counted).
+    macs: MacCount | None = None
+    _derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def dependency_graph(self) -> Any:
+        """torch-pruning's DependencyGraph of `module`, built once (raises what torch-pruning raises)."""
+        return self._once("graph", lambda: dependency_graph(self.module, self.example_input))
+
+    def coupled_groups(self) -> list[ChannelGroup]:
+        """The coupled channel groups, from the shared graph."""
+        return self._once("groups", lambda: coupled_groups(self.module, self.example_input, self.dependency_graph()))
+
+    def probed(self) -> Probed:
+        """Every group consumer's input channel ranges on the probe inputs, and the outputs they gave."""
+
+        def probe() -> Probed:
+            inputs = probe_inputs(self.example_input)
+            outputs: list[Any] = []
+            groups = [g for g in self.coupled_groups() if g.consumers()]
+            return Probed(inputs, consumer_ranges(self.module, groups, inputs, outputs), outputs)
+
+        return self._once("probed", probe)
+
+    def forget_derived(self, keep: tuple[str, ...] = ()) -> None:
+        """Drop the shared graph, groups and probe results (after `module` was changed in place),
+        except those named in `keep` ("graph", "groups", "probed") that the change left true."""
+        for key in [k for k in self._derived if k not in keep]:
+            del self._derived[key]
+
+    def _once(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._derived:
+            try:
+                with single_threaded():
+                    self._derived[key] = compute()
+            except Exception as e:  # remembered: a graph torch-pruning cannot trace fails once, not per pass
+                self._derived[key] = e
+        value = self._derived[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
 
 
 @dataclass
@@ -97,8 +155,11 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
     try:
         module, origin = _runnable_module(checkpoint, dense, result)
         if module is not None:
-            example, trace = _run_example(module, options, checkpoint)
-            result.model = Model(module, example, origin, trace)
+            with single_threaded():
+                example, trace = _run_example(module, options, checkpoint)
+                macs = _macs(module, example, trace, result)
+            result.model = Model(module, example, origin, trace, macs)
+            result.notes.append(SINGLE_THREAD_NOTE)
             if options.input_shape is None:
                 result.notes.append(f"example input {example.describe()} inferred from the first layer (set --input-shape)")
     except AnalyzerError:
@@ -109,10 +170,20 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
     return result
 
 
+def _macs(module: nn.Module, example: ExampleInput, trace: Trace, result: Build) -> MacCount | None:
+    if not trace.ok:
+        return None
+    try:
+        return count_macs(module, example)
+    except Exception as e:  # an op the counter cannot run under its dispatch mode: said, not hidden
+        result.notes.append(f"MACs not counted ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
+        return None
+
+
 def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module]) -> nn.Module:
     """The pruned model of `checkpoint` rebuilt on the dense `factory`; raises BuildError when it cannot."""
     result = Build()
-    module, _ = _runnable_module(checkpoint, build_dense(factory), result)
+    module, _ = _runnable_module(checkpoint, build_dense(factory), result, dense_is_ours=True)
     if module is None:
         fit = result.fit
         why = f"{fit.cause}; " if fit and fit.cause else ""
@@ -133,12 +204,13 @@ def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Modul
     if options.baseline:
         baseline = load_checkpoint(Path(options.baseline), load_options)
         shapes = {name: baseline.meta(name)[0] for name in baseline.effective_names()}
-        module = baseline.module if baseline.runnable else (copy.deepcopy(dense) if dense is not None else None)
+        # The reference is only ever read (shapes, graphs, timing): the dense model itself, not a copy.
+        module = baseline.module if baseline.runnable else dense
         return Reference(f"--baseline {options.baseline}", shapes, dict(baseline.module_types), module)
     if dense is not None:
         shapes = {k: tuple(v.shape) for k, v in dense.state_dict().items()}
         types = {name: type(m).__name__ for name, m in dense.named_modules()}
-        return Reference(f"--arch {options.arch}", shapes, types, copy.deepcopy(dense))
+        return Reference(f"--arch {options.arch}", shapes, types, dense)
     return None
 
 
@@ -150,14 +222,17 @@ def _check_reference(checkpoint: Checkpoint, reference: Reference) -> None:
         reference.mismatch = fit.cause
 
 
-def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Build) -> tuple[nn.Module | None, str]:
+def _runnable_module(
+    checkpoint: Checkpoint, dense: nn.Module | None, result: Build, dense_is_ours: bool = False
+) -> tuple[nn.Module | None, str]:
+    """dense_is_ours: nothing else uses `dense` (load_pruned), so it is fitted in place rather than copied."""
     if checkpoint.runnable:
         return checkpoint.module.eval(), "checkpoint"  # type: ignore[union-attr]
     if dense is None:
         return None, ""
-    model = copy.deepcopy(dense)
     if checkpoint.tp_state is not None:
-        return _tp_load(model, checkpoint, result)
+        return _tp_load(dense if dense_is_ours else copy.deepcopy(dense), checkpoint, result)
+    model = dense if dense_is_ours else _structure_copy(dense)
     shapes = {name: checkpoint.meta(name)[0] for name in checkpoint.effective_names()}
     fit = result.fit = compare(model, shapes)
     if not fit.fits:
@@ -173,6 +248,15 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
         result.notes.append(f"load_state_dict failed after resizing: {' '.join(str(e).split())[:300]}")
         return None, ""
     return model.eval(), "arch"
+
+
+def _structure_copy(dense: nn.Module) -> nn.Module:
+    """A copy of `dense` whose parameters are allocated but not copied: every one is either
+    resized or loaded from the checkpoint next (a model missing one is discarded)."""
+    memo: dict[int, Any] = {}
+    for parameter in dense.parameters():
+        memo[id(parameter)] = nn.Parameter(torch.empty_like(parameter), requires_grad=parameter.requires_grad)
+    return copy.deepcopy(dense, memo)
 
 
 def _tp_load(model: nn.Module, checkpoint: Checkpoint, result: Build) -> tuple[nn.Module | None, str]:

@@ -1,4 +1,5 @@
-"""Profile tables: latency with its spread, FLOPs, where the time goes, NVML, the machine."""
+"""Profile tables: how it was measured and what is not to be trusted, latency with its spread
+and the speedup's interval, MACs, where the time goes, NVML, the machine."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ _MAX_PROFILE_LAYERS = 15
 def profile_renderables(profile: ProfileResult) -> list[RenderableType]:
     env = profile.environment
     parts: list[RenderableType] = []
-    setting = f"{env.device} ({env.device_name}), {env.threads} threads, timer {env.timer}, {env.warmup_runs} warm-up runs"
+    threads = f"{env.threads} thread{'s' if env.threads != 1 else ''}" + (f" of {env.cores} cores" if env.cores else "")
+    setting = f"{env.device} ({env.device_name}), {threads}, timer {env.timer}, {env.warmup_runs} warm-up runs"
     if env.cudnn_benchmark is not None:
         setting += f", cudnn.benchmark={env.cudnn_benchmark}"
     parts.append(Text.assemble(("profile: ", "bold"), setting))
     parts += [Text(f"  {line}", style="dim") for line in [env.nvml_status, *env.notes] if line]
+    if env.oversubscribed:
+        parts.append(Text("  the machine was oversubscribed while profiling (see above)", style="yellow"))
+    parts += [Text(f"  not trusted ({flag.scope}): {flag.reason}", style="yellow") for flag in profile.flags]
     parts += [_latency_table(profile), _flops_table(profile), _layer_table(profile)]
     if profile.nvml:
         parts.append(_nvml_line(profile))
@@ -41,8 +46,10 @@ def _latency_table(profile: ProfileResult) -> Table:
     for column in ("batch", "model", "median ms", "IQR ms", "p90 ms", "samples", "speedup"):
         table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
     for stats in sorted(profile.latency, key=lambda s: (s.batch, s.label)):
-        dense = profile.median("dense", stats.batch)
-        speedup = f"{dense / stats.median_ms:.2f}×" if stats.label == "pruned" and dense else ""
+        estimate = profile.speedup(stats.batch) if stats.label == "pruned" else None
+        speedup = ""
+        if estimate is not None:
+            speedup = f"{estimate.value:.2f}×" + (f" ({estimate.low:.2f}–{estimate.high:.2f})" if estimate.high > estimate.low else "")
         samples = f"{len(stats.samples_ms)}" + (f" × {stats.calls_per_sample}" if stats.calls_per_sample > 1 else "")
         label = stats.label if "dense" in profile.flops else "model"
         table.add_row(
@@ -54,20 +61,22 @@ def _latency_table(profile: ProfileResult) -> Table:
             samples,
             speedup,
         )
+    table.caption = "speedup: median of per-round dense/pruned ratios (95% interval)" if "dense" in profile.flops else None
     return table
 
 
 def _flops_table(profile: ProfileResult) -> Table:
+    shapes = {"×".join(map(str, f.input_shape)) for f in profile.flops.values()}
     table = Table(
         box=box.SIMPLE_HEAD,
-        title="FLOPs (fvcore, every op it knows; one multiply-add counts once)",
+        title=f"MACs on {', '.join(sorted(shapes))} (conv, linear, matmul, attention; a multiply-add counts once)",
         title_justify="left",
         title_style="bold",
     )
-    for column in ("model", "MACs", "params", "not counted by fvcore"):
-        table.add_column(column, justify="left" if column in ("model", "not counted by fvcore") else "right", overflow="fold")
+    for column in ("model", "MACs", "params", "ops without MACs"):
+        table.add_column(column, justify="left" if column in ("model", "ops without MACs") else "right", overflow="fold")
     for label, flops in profile.flops.items():
-        uncounted = ", ".join(f"{op}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
+        uncounted = ", ".join(f"{op.removeprefix('aten::')}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
         table.add_row(label if "dense" in profile.flops else "model", f"{flops.macs:,}", f"{flops.params:,}", uncounted)
     return table
 
@@ -81,16 +90,29 @@ def _layer_table(profile: ProfileResult) -> Table:
         pruned = "" if layer.pruned is None else ("yes" if layer.pruned else "no")
         fixed = f"{layer.fixed_ms / layer.time_ms:.0%}" if layer.time_ms else ""
         table.add_row(
-            layer.name, layer.type, f"{layer.time_ms:.3f}", f"{layer.share:.1%}", fixed, f"{layer.macs:,}",
-            f"{layer.intensity:.2g}", layer.bound, pruned,
+            layer.name, layer.type + (" (own ops)" if layer.own_ops else ""), f"{layer.time_ms:.3f}", f"{layer.share:.1%}",
+            fixed, f"{layer.macs:,}", f"{layer.intensity:.2g}", layer.bound, pruned,
         )
     captions = []
     if profile.fixed_cost_share is not None:
-        captions.append(f"{profile.fixed_cost_share:.0%} of the layer time is fixed per-op cost")
+        captions.append(f"{profile.fixed_cost_share:.0%}{_interval(profile.fixed_cost_share_interval)} of the layer time is fixed per-op cost")
+    if profile.memory_bound_share is not None:
+        captions.append(f"{profile.memory_bound_share:.0%}{_interval(profile.memory_bound_share_interval)} is in memory-bound layers")
     if profile.unpruned_time_share is not None:
         captions.append(f"{profile.unpruned_time_share:.0%} is in layers the pruning did not touch")
+    check = profile.layer_check
+    if check is not None:
+        captions.append(f"the layers add up to {check.ratio:.0%} of the end-to-end latency")
+    if profile.layer_iterations:
+        captions.append(f"medians of {profile.layer_iterations} passes")
     table.caption = "; ".join(captions) or None
     return table
+
+
+def _interval(bounds: list[float] | None) -> str:
+    if not bounds or bounds[0] == bounds[1]:
+        return ""
+    return f" ({bounds[0]:.0%}–{bounds[1]:.0%})"
 
 
 def _nvml_line(profile: ProfileResult) -> Text:
