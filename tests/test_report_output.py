@@ -320,7 +320,7 @@ def test_golden_profiled(tp_pruned_path: Path, golden) -> None:
     kinds = [f.kind for f in report.findings]
     assert {"no-speedup", "overhead-bound", "memory-bound"} <= set(kinds)
     text = render_text(normalise(report, tp_pruned_path))
-    for heading in ("latency", "FLOPs (fvcore", "where the time goes", "NVML (120 samples", "machine:"):
+    for heading in ("latency", "MACs on 1×3×32×32", "where the time goes", "NVML (120 samples", "machine:"):
         assert heading in text
     golden("profiled", text)
 

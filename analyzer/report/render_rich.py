@@ -86,7 +86,7 @@ def _header(report: Report) -> RenderableType:
     grid.add_row("params", params)
     if summary.macs is not None:
         shape = "×".join(map(str, summary.macs_input_shape or []))
-        grid.add_row("MACs", f"{summary.macs:,} per sample in conv and linear layers, on {shape}")
+        grid.add_row("MACs", f"{summary.macs:,} per sample (conv, linear, matmul, attention), on {shape}")
     if source.placeholders:
         grid.add_row("placeholders", ", ".join(source.placeholders))
     return Panel(grid, title="analyze", title_align="left", box=box.ROUNDED)

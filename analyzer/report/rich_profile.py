@@ -61,7 +61,7 @@ def _latency_table(profile: ProfileResult) -> Table:
             samples,
             speedup,
         )
-    table.caption = "speedup: median of per-round dense/pruned ratios (95% interval)" if "dense" in profile.flops else None
+    table.caption = "speedup: median of per-round ratios (95% interval)" if "dense" in profile.flops else None
     return table
 
 
@@ -69,7 +69,7 @@ def _flops_table(profile: ProfileResult) -> Table:
     shapes = {"×".join(map(str, f.input_shape)) for f in profile.flops.values()}
     table = Table(
         box=box.SIMPLE_HEAD,
-        title=f"MACs on {', '.join(sorted(shapes))} (conv, linear, matmul, attention; a multiply-add counts once)",
+        title=f"MACs on {', '.join(sorted(shapes))} (conv, linear, matmul, attention)",
         title_justify="left",
         title_style="bold",
     )
