@@ -39,12 +39,18 @@ from analyzer.profile.diagnose import (
     memory_bound,
     no_speedup,
     overhead_bound,
+    withheld,
 )
 from analyzer.profile import MeasureOptions, ProfileOptions, profile_models
 from analyzer.profile.nvml import THROTTLE_REASONS, NvmlSampler, start_sampler
+from analyzer.profile.estimate import Estimate
+from analyzer.profile.machine import CPU_SHARE_FLOOR, MachineLoad, observe_load, usable_cores
 from analyzer.profile.result import (
+    LATENCY,
+    LAYERS,
     NOISY_IQR_FRACTION,
     Environment,
+    Flag,
     FlopStats,
     LatencyStats,
     LayerProfile,
@@ -317,6 +323,12 @@ def test_latency_stats_with_few_samples() -> None:
 
 BALANCE = MachineBalance(peak_flops=1e11, bandwidth=1e10, op_overhead_s=2e-6)  # 10 FLOPs/byte
 
+#: A machine balance given rather than measured (ProfileOptions.balance): 10 FLOPs per byte,
+#: the roofline ridge of a typical CPU core. The memory-bound test depends on it, not on a
+#: calibration that puts this machine's ridge (2.5-3 FLOPs/byte here) next to a depthwise
+#: conv's 2.25.
+GIVEN_BALANCE = MachineBalance(peak_flops=1e11, bandwidth=1e10, op_overhead_s=2e-6)
+
 
 def _layer(name: str, type_: str, time_ms: float, bound: str, intensity: float = 1.0, fixed_ms: float = 0.0) -> LayerProfile:
     return LayerProfile(
@@ -468,6 +480,172 @@ def test_memory_bound_quiet_below_forty_percent() -> None:
 def test_overhead_layers_are_not_memory_bound() -> None:
     layers = [_layer("a", "Conv2d", 5.0, "overhead"), _layer("b", "Conv2d", 5.0, "overhead")]
     assert memory_bound(_result(layers=layers)) is None
+
+
+# -- statistics, flags and withheld rules -----------------------------------------------
+
+
+def test_median_interval_from_order_statistics() -> None:
+    # Tabulated 95% intervals for the median: n=10 -> (x2, x9), n=20 -> (x6, x15); n=5 has
+    # none at 95% (P(all on one side) = 1/16 > 5%), so the interval is the whole range.
+    assert median_estimate([float(v) for v in range(10, 0, -1)]) == Estimate(5.5, 2.0, 9.0, 10)
+    assert median_estimate([float(v) for v in range(1, 21)]) == Estimate(10.5, 6.0, 15.0, 20)
+    assert median_estimate([3.0, 1.0, 2.0, 5.0, 4.0]) == Estimate(3.0, 1.0, 5.0, 5)
+    assert median_estimate([7.0] * 12).relative_half_width == 0
+
+
+def test_speedup_is_the_median_of_per_round_ratios() -> None:
+    # Round by round the pruned model is twice as fast in 3 of 5 rounds; the medians of the
+    # two series are equal, so a ratio of medians would say 1.0×.
+    dense = LatencyStats("dense", 1, [10.0, 10.0, 10.0, 20.0, 20.0])
+    pruned = LatencyStats("pruned", 1, [5.0, 5.0, 10.0, 10.0, 20.0])
+    profile = _result()
+    profile.latency = [pruned, dense]
+    assert dense.median_ms / pruned.median_ms == 1.0
+    assert profile.speedup(1) == Estimate(2.0, 1.0, 2.0, 5)
+    assert profile.speedup(8) is None
+
+
+def test_no_speedup_is_withheld_when_its_latencies_are_flagged() -> None:
+    profile = _result(pruned_ms=8.5)  # would fire: -74% FLOPs, -15% latency
+    assert no_speedup(profile) is not None
+    profile.flags = [Flag(LATENCY, "dense at batch 1: time budget spent after 10 samples", 1)]
+    assert no_speedup(profile) is None
+    findings, why = evaluate(profile)
+    assert "no-speedup" not in _kinds(findings)
+    assert why == {"no-speedup": "dense at batch 1: time budget spent after 10 samples"}
+    profile.flags = [Flag(LATENCY, "at another batch", 8), Flag(LAYERS, "per-layer times off")]
+    assert no_speedup(profile) is not None  # neither concerns the latency at batch 1
+
+
+def test_layer_rules_are_withheld_when_the_layer_profile_is_flagged() -> None:
+    layers = [_layer("dw", "Conv2d", 6.0, "memory", intensity=2.2), _layer("pw", "Conv2d", 4.0, "compute", intensity=60.0)]
+    profile = _result(layers=layers, fixed_cost_share=0.8)
+    assert _kinds(diagnose(profile)) == ["no-speedup", "overhead-bound", "memory-bound"]
+    profile.flags = [Flag(LAYERS, "the per-layer times add up to 55% of the latency")]
+    findings, why = evaluate(profile)
+    assert _kinds(findings) == ["no-speedup"]
+    assert set(why) == {"overhead-bound", "memory-bound"} and all("55%" in reason for reason in why.values())
+    # An idle GPU is read from NVML, not from the layer profile: it still decides.
+    gpu = _result(layers=layers, fixed_cost_share=0.8, nvml=_nvml(20.0), device="cuda:0")
+    gpu.flags = profile.flags
+    finding = _one(diagnose(gpu), "overhead-bound")
+    assert "GPU" in finding.message and "stays when the input shrinks" not in finding.message
+
+
+@pytest.mark.parametrize(
+    ("ratios", "expected"),
+    [
+        ([1.40, 1.45, 1.50, 1.55, 1.60, 1.65, 1.70, 1.75, 1.80, 1.58, 1.59, 1.57], "withheld"),  # straddles 1.587×
+        ([1.20, 1.22, 1.24, 1.26, 1.25, 1.23, 1.21, 1.22, 1.24, 1.23, 1.25, 1.26], "fires"),
+        ([2.40, 2.45, 2.50, 2.55, 2.60, 2.48, 2.52, 2.44, 2.56, 2.50, 2.46, 2.54], "quiet"),
+    ],
+)
+def test_no_speedup_decides_on_its_interval(ratios: list[float], expected: str) -> None:
+    # -74% FLOPs: the threshold (a latency cut of half the FLOP cut, 37%) is a 1.587× speedup.
+    profile = _result(dense_macs=1_000_000, pruned_macs=260_000)
+    profile.latency = [LatencyStats("pruned", 1, [10.0 / r for r in ratios]), LatencyStats("dense", 1, [10.0] * len(ratios))]
+    findings, why = evaluate(profile)
+    if expected == "withheld":
+        assert "no-speedup" not in _kinds(findings) and "straddles" in why["no-speedup"], why
+    elif expected == "fires":
+        assert "no-speedup" in _kinds(findings) and not why
+    else:
+        assert "no-speedup" not in _kinds(findings) and not why
+
+
+def test_overhead_bound_decides_on_its_interval() -> None:
+    profile = _result(fixed_cost_share=0.55)
+    profile.fixed_cost_share_interval = [0.45, 0.65]
+    assert overhead_bound(profile) is None and "straddles" in withheld(profile)["overhead-bound"]
+    profile.fixed_cost_share_interval = [0.52, 0.58]
+    assert overhead_bound(profile) is not None
+
+
+def test_oversubscription_from_a_fake_load_and_cpu_clock() -> None:
+    def seen(threads: int, cpu_s: float, before: float, after: float, cores: int = 2) -> MachineLoad:
+        return observe_load(threads, cpu_s, 1.0, before, load_after=lambda: after, cores=lambda: cores)
+
+    quiet = seen(1, 0.99, 0.4, 0.9)
+    assert not quiet.oversubscribed and quiet.cpu_share == pytest.approx(0.99) and quiet.load == 0.9
+    preempted = seen(1, 0.6, 0.4, 0.9)  # the thread held its core 60% of the time
+    assert preempted.oversubscribed and "60%" in preempted.describe() and "oversubscribed" in preempted.describe()
+    loaded = seen(1, 0.99, 3.4, 2.1)  # three runnable processes on two cores
+    assert loaded.oversubscribed and "load average 3.4 on 2 usable cores" in loaded.describe()
+    assert seen(2, 1.9, 1.5, 1.5).cpu_share == pytest.approx(0.95)  # two threads: CPU / (wall × 2)
+    assert not seen(2, 1.9, 1.5, 1.5).oversubscribed
+    assert seen(1, 0.99, 2.4, 2.4).oversubscribed is False  # within the slack of 0.5 over the cores
+    assert not observe_load(1, None, 1.0, None, load_after=lambda: None, cores=lambda: 4).oversubscribed
+
+
+def test_an_oversubscribed_multithreaded_profile_is_flagged_and_a_single_threaded_one_noted(one_thread: None) -> None:
+    torch.manual_seed(0)
+    dense, pruned = SmallNet(16).eval(), SmallNet(8).eval()
+    example = torch.randn(1, 3, 16, 16)
+    measure_options = MeasureOptions(min_time_s=0.05, max_time_s=2)
+    busy = lambda: 9.0  # noqa: E731 - a fake 1-minute load average: nine runnable processes
+    several = profile_models(
+        pruned, dense, example, ProfileOptions(device="cpu", threads=2, measure=measure_options, layer_profile_s=0.01), load=busy
+    )
+    env = several.environment
+    assert env.threads == 2 and env.timer == "perf_counter" and env.oversubscribed and env.load_average == 9.0
+    assert {flag.scope for flag in several.flags} >= {LATENCY, LAYERS}
+    assert any("OpenMP" in flag.reason for flag in several.flags)
+    assert diagnose(several) == [] and set(withheld(several)) >= {"no-speedup"}
+    single = profile_models(pruned, dense, example, ProfileOptions(device="cpu", measure=measure_options, layer_profile_s=0.01), load=busy)
+    assert single.environment.threads == 1 and single.environment.timer == "thread_time" and single.environment.oversubscribed
+    assert not any("OpenMP" in flag.reason for flag in single.flags)  # thread CPU time leaves the load out
+    assert any("load average 9.0" in note for note in single.environment.notes)
+
+
+def test_busy_loops_on_every_core_are_seen(one_thread: None) -> None:
+    # Real competition: one busy process per usable core for the length of a short profile.
+    loops = [
+        subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+        for _ in range(usable_cores())
+    ]
+    try:
+        time.sleep(0.2)
+        torch.manual_seed(0)
+        result = profile_models(
+            SmallNet(8).eval(), None, torch.randn(1, 3, 16, 16),
+            ProfileOptions(device="cpu", measure=MeasureOptions(min_time_s=0.5, max_time_s=1), layer_profile_s=0.01),
+        )
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+    env = result.environment
+    assert env.oversubscribed and env.cpu_share is not None and env.cpu_share < CPU_SHARE_FLOOR, env
+    assert any("oversubscribed" in note for note in env.notes)
+
+
+class _OutsideTheLayers(nn.Module):
+    """One conv, then work done in the model's own forward, outside every module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        for _ in range(20):
+            x = torch.tanh(x) * 1.01
+        return x
+
+
+def test_per_layer_times_that_miss_the_latency_are_flagged(one_thread: None) -> None:
+    torch.manual_seed(0)
+    options = ProfileOptions(device="cpu", measure=FAST.measure, layer_profile_s=0.05, balance=GIVEN_BALANCE)
+    result = profile_models(_OutsideTheLayers().eval(), None, torch.randn(1, 3, 128, 128), options)
+    assert [layer.name for layer in result.layers] == ["conv"]
+    check = result.layer_check
+    assert check is not None and check.apart and check.ratio < 0.5, check
+    (flag,) = [flag for flag in result.flags if flag.scope == LAYERS]
+    assert "add up to" in flag.reason and "below the end-to-end latency" in flag.reason
+    assert result.layers[0].bound == "memory"  # 9.8 FLOPs/byte, under the given 10: it would fire...
+    findings, why = evaluate(result)
+    assert "memory-bound" not in _kinds(findings) and why["memory-bound"] == flag.reason  # ...but is withheld
 
 
 def test_profile_result_round_trips_through_a_dict() -> None:
@@ -733,13 +911,6 @@ def test_gemm_heavy_model_is_compute_bound(one_thread: None) -> None:
         assert layer.intensity > result.balance.balance
     kinds = _kinds(diagnose(result))
     assert "memory-bound" not in kinds and "overhead-bound" not in kinds
-
-
-#: A machine balance given rather than measured (ProfileOptions.balance): 10 FLOPs per byte,
-#: the roofline ridge of a typical CPU core. The memory-bound test depends on it, not on a
-#: calibration that puts this machine's ridge (2.5-3 FLOPs/byte here) next to a depthwise
-#: conv's 2.25.
-GIVEN_BALANCE = MachineBalance(peak_flops=1e11, bandwidth=1e10, op_overhead_s=2e-6)
 
 
 def test_depthwise_and_batchnorm_model_is_memory_bound(one_thread: None) -> None:

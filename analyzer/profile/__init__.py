@@ -178,9 +178,10 @@ def _profile(
         unpruned_time_share=_unpruned_share(layers),
         layer_iterations=iterations,
     )
-    pruned_first = result.stats("pruned", options.batches[0])
-    if pruned_first is not None and layers:
-        result.layer_check = LayerCheck(sum(layer.time_ms for layer in layers), pruned_first.median_ms)
+    if layers and times["pruned"].end_to_end_ms:
+        # Against the forward timed between the hooked passes, not the timed loop's: the same
+        # moment, so that a machine whose speed changed in between is not read as layers missing.
+        result.layer_check = LayerCheck(sum(layer.time_ms for layer in layers), statistics.median(times["pruned"].end_to_end_ms))
     result.flags = _flags(result, machine, cuda)
     return result
 

@@ -7,8 +7,9 @@ the span between its hooks; its *own* time is that less its children's spans (th
 matmuls and attention that a module computes in its own `forward`). The pass alternates
 the real input with a tiny one (same model, almost no arithmetic: what is left is each
 layer's fixed per-op cost), for a number of iterations, and keeps every iteration's value,
-so that the profile can take medians and confidence intervals over iterations. The cost
-of reading the clock itself is measured and taken off each span.
+so that the profile can take medians and confidence intervals over iterations; each
+iteration also times the forward pass without hooks, which the layer times must add up
+to. The cost of reading the clock itself is measured and taken off each span.
 
 torch.profiler is not used: its per-op bookkeeping costs more than the small layers it
 would measure (a 60-layer net at 8×8 read 1.75× its real latency), and what is needed is
@@ -113,6 +114,8 @@ class LayerTimes:
     total_ms: list[float] = field(default_factory=list)
     #: What one clock read costs inside a span, subtracted from every span (ms).
     clock_overhead_ms: float = 0.0
+    #: The model's forward without hooks, per iteration, taken between the hooked passes (ms).
+    end_to_end_ms: list[float] = field(default_factory=list)
 
 
 def leaf_modules(model: nn.Module) -> dict[nn.Module, str]:
@@ -122,7 +125,12 @@ def leaf_modules(model: nn.Module) -> dict[nn.Module, str]:
 def time_layers(
     model: nn.Module, example: ExampleInput, iterations: int, clock: Clock, tiny: ExampleInput | None = None
 ) -> LayerTimes:
-    """Per-module times on `example` (and on `tiny`, alternating) over `iterations` passes, in one hooked session."""
+    """Per-module times on `example` (and on `tiny`) over `iterations` passes, in one session.
+
+    Each iteration runs the hooked model on `example`, then on `tiny`, then the model without
+    hooks on `example` — the end-to-end time the per-layer times are checked against, taken
+    at the same moment, so that a machine that slows down between two measurements cannot
+    pass for layers that do not add up."""
     names = {module: name for name, module in model.named_modules()}
     timings = {
         name: LayerTiming(name, type(module).__name__, leaf=not any(True for _ in module.children()))
@@ -130,32 +138,40 @@ def time_layers(
     }
     recorder = _Recorder(names, clock)
     overhead = _clock_overhead(clock)
-    with recorder.hooks(), torch.inference_mode():
-        example.call(model)  # warm-up, and the byte counts
-        if tiny is not None:
-            tiny.call(model)
+    total: list[float] = []
+    unhooked: list[float] = []
+    with torch.inference_mode():
+        with recorder.hooks():
+            example.call(model)  # warm-up, and which modules run
+            if tiny is not None:
+                tiny.call(model)
         recorder.counting = False
-        total = []
         for _ in range(iterations):
-            for target, on_tiny in ((example, False), (tiny, True)):
-                if target is None:
-                    continue
-                recorder.spans.clear()
-                target.call(model)
-                clock.settle()
-                own, inclusive = recorder.resolve(overhead)
-                for name, timing in timings.items():
-                    if on_tiny:
-                        timing.tiny_own_ms.append(own.get(name, 0.0) * 1000)
-                    else:
-                        timing.own_ms.append(own.get(name, 0.0) * 1000)
-                        timing.inclusive_ms.append(inclusive.get(name, 0.0) * 1000)
-                if not on_tiny:
-                    total.append(inclusive.get("", 0.0) * 1000)
+            with recorder.hooks():
+                for target, on_tiny in ((example, False), (tiny, True)):
+                    if target is None:
+                        continue
+                    recorder.spans.clear()
+                    target.call(model)
+                    clock.settle()
+                    own, inclusive = recorder.resolve(overhead)
+                    for name, timing in timings.items():
+                        if on_tiny:
+                            timing.tiny_own_ms.append(own.get(name, 0.0) * 1000)
+                        else:
+                            timing.own_ms.append(own.get(name, 0.0) * 1000)
+                            timing.inclusive_ms.append(inclusive.get(name, 0.0) * 1000)
+                    if not on_tiny:
+                        total.append(inclusive.get("", 0.0) * 1000)
+            start = clock.stamp()
+            example.call(model)
+            end = clock.stamp()
+            clock.settle()
+            unhooked.append(max(0.0, clock.seconds(start, end) - overhead) * 1000)
     for name, timing in timings.items():
         timing.calls = recorder.calls.get(name, 0)
     ran = {name: t for name, t in timings.items() if t.calls}
-    return LayerTimes(ran, iterations, clock.name, total, overhead * 1000)
+    return LayerTimes(ran, iterations, clock.name, total, overhead * 1000, unhooked)
 
 
 def _clock_overhead(clock: Clock, reads: int = 200) -> float:

@@ -165,7 +165,8 @@ class Flag:
 
 @dataclass
 class LayerCheck:
-    """The per-layer times against the end-to-end latency of the same model and input."""
+    """The per-layer times against the end-to-end latency of the same model and input (its
+    forward without hooks, timed in the same per-layer session)."""
 
     layer_sum_ms: float
     end_to_end_ms: float
