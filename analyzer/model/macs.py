@@ -153,6 +153,7 @@ _DATA_MOVEMENT = {
     "zeros_like", "ones", "ones_like", "full", "full_like", "arange", "lift_fresh", "detach", "fill_", "zero_",
     "index_select", "index", "gather", "embedding", "constant_pad_nd", "repeat", "new_empty", "new_zeros",
     "new_ones", "scalar_tensor", "_local_scalar_dense", "dropout", "native_dropout", "masked_fill", "where",
+    "_unsafe_view", "_reshape_alias",
 }
 
 #: Metadata queries that reach a dispatch mode for tensor subclasses with custom sizes (nested tensors).
