@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .inputs import ExampleInput
 from .modules import is_depthwise
+from .threads import single_threaded
 
 __all__ = ["GroupMember", "ChannelGroup", "coupled_groups", "dependency_graph"]
 
@@ -79,7 +80,7 @@ def dependency_graph(model: nn.Module, example: ExampleInput) -> Any:
     """torch-pruning's DependencyGraph of `model` (raises what torch-pruning raises on graphs it cannot trace)."""
     import torch_pruning as tp
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), single_threaded():  # it runs the model: see threads.py
         warnings.simplefilter("ignore")
         return tp.DependencyGraph().build_dependency(model, **example.for_torch_pruning())
 

@@ -435,7 +435,8 @@ def _flags(result: ProfileResult, machine: MachineLoad, cuda: bool) -> list[Flag
                 LAYERS,
                 f"the per-layer times add up to {check.layer_sum_ms:.3g} ms, {abs(check.ratio - 1):.0%} "
                 f"{'below' if check.ratio < 1 else 'above'} the end-to-end latency of {check.end_to_end_ms:.3g} ms "
-                "(more than 20% apart): time is spent outside the layers measured, or the machine changed between the two",
+                "(more than 20% apart, both timed in the same pass): time goes outside the layers measured (ops in a "
+                "forward of its own, module dispatch), so shares of the layer time do not describe the model",
             )
         )
     return flags
