@@ -1039,6 +1039,7 @@ def test_cli_profile(run_cli, pruned_small: Path, tmp_path: Path, one_thread: No
     assert result.code in (0, 1), result.err
     assert "latency" in result.out and "speedup" in result.out
     assert "thread_time" in result.out
+    assert "oversubscribed" in result.out  # the machine's load is stated, whichever way it went
     report = Report.from_json(target.read_text())
     assert report.profile is not None
     profile = ProfileResult.from_dict(report.profile)
