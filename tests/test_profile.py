@@ -247,6 +247,7 @@ def test_min_samples_win_over_max_time_and_the_measurement_says_so() -> None:
     assert [len(s.per_call_s) for s in taken.samples.values()] == [12, 12]
     assert taken.stopped == OUT_OF_TIME and not taken.settled
     assert taken.timed_s > options.max_time_s
+    assert "pruned/dense ratio was known to ±" in taken.unsettled or "still moved" in taken.unsettled, taken.unsettled
 
 
 def test_a_stable_measurement_says_it_settled() -> None:
@@ -256,9 +257,9 @@ def test_a_stable_measurement_says_it_settled() -> None:
     assert taken.stopped == STABLE and taken.settled and taken.rounds == 10
 
 
-def test_sampling_goes_on_until_the_ratio_is_known_to_three_percent() -> None:
+def test_sampling_goes_on_until_the_ratio_is_known_to_five_percent() -> None:
     # Each model alone is stable at once (block means of 10 calls), but their per-round
-    # ratio spreads: sampling continues until its 95% interval is within ±3%.
+    # ratio spreads: sampling continues until its 95% interval is within ±5%.
     options = MeasureOptions(block_s=0.01, min_samples=10, window=5, stable_within=1.0, min_time_s=0.0, max_time_s=1e6)
     taken, _ = _measure({"a": 0.001, "b": 0.001}, options, spread=0.9)
     ratios = [a / b for a, b in zip(taken["a"].per_call_s, taken["b"].per_call_s)]

@@ -38,7 +38,7 @@ from ..model.threads import torch_threads
 from .calibrate import calibrate
 from .estimate import median_estimate
 from .flops import flop_stats
-from .layer_times import Clock, CudaClock, LayerTimes, thread_clock, time_layers, wall_clock
+from .layer_times import Clock, CudaClock, LayerTimes, time_layers, wall_clock
 from .machine import MachineLoad, load_average, observe_load
 from .nvml import NvmlSampler, start_sampler
 from .result import (
@@ -131,7 +131,7 @@ def _profile(
 ) -> ProfileResult:
     cuda = device.type == "cuda"
     timer = timer or (CudaTimer(device) if cuda else ThreadTimeTimer() if threads == 1 else WallTimer())
-    clock: Clock = CudaClock(device) if cuda else thread_clock() if threads == 1 else wall_clock()
+    clock: Clock = CudaClock(device) if cuda else wall_clock()  # one thread: time_layers keeps unpreempted passes
     sampler = start_sampler(device.index or 0, nvml) if cuda else "NVML not sampled: profiling on CPU"
     with _cudnn_benchmark(options.cudnn_benchmark and cuda), torch.inference_mode():
         balance = options.balance or calibrate(device, timer)
@@ -143,7 +143,11 @@ def _profile(
         cpu_s = None if cuda else _cpu_time(threads) - cpu_start
         machine = observe_load(threads, cpu_s, time.perf_counter() - wall_start, load_before, load)
         iterations = _layer_iterations(latency, options)
-        times = {label: time_layers(model, first, iterations, clock, _tiny_input(model, first)) for label, model in models.items()}
+        single = not cuda and threads == 1
+        times = {
+            label: time_layers(model, first, iterations, clock, _tiny_input(model, first), single_thread=single)
+            for label, model in models.items()
+        }
     layers = _layers(models["pruned"], times["pruned"], macs["pruned"], balance, pruned_layers)
     dense_layers = _layers(models["dense"], times["dense"], macs["dense"], balance, None) if "dense" in models else []
     fixed, memory = _shares(layers, times["pruned"], models["pruned"], balance)
@@ -263,6 +267,7 @@ def _latency(
                     samples.calls_per_sample,
                     [s * 1000 for s in samples.wall_per_call_s],
                     taken.stopped,
+                    taken.unsettled,
                 )
                 for label, samples in taken.samples.items()
             )
@@ -418,7 +423,7 @@ def _flags(result: ProfileResult, machine: MachineLoad, cuda: bool) -> list[Flag
                 Flag(
                     LATENCY,
                     f"{stats.label} at batch {stats.batch}: {stats.stopped} after {len(stats.samples_ms)} samples, before the "
-                    "estimates settled (raise MeasureOptions.max_time_s, or profile on a quieter machine)",
+                    f"estimates settled ({stats.unsettled}); raise MeasureOptions.max_time_s, or profile on a quieter machine",
                     stats.batch,
                 )
             )

@@ -116,21 +116,55 @@ class LayerTimes:
     clock_overhead_ms: float = 0.0
     #: The model's forward without hooks, per iteration, taken between the hooked passes (ms).
     end_to_end_ms: list[float] = field(default_factory=list)
+    #: Iterations run to collect `iterations` of each kind (more when passes were preempted).
+    attempts: int = 0
 
 
 def leaf_modules(model: nn.Module) -> dict[nn.Module, str]:
     return {module: name for name, module in model.named_modules() if name and not any(True for _ in module.children())}
 
 
+#: A pass counts as unpreempted when the thread held its core this share of its wall time.
+_UNPREEMPTED = 0.95
+
+
 def time_layers(
-    model: nn.Module, example: ExampleInput, iterations: int, clock: Clock, tiny: ExampleInput | None = None
+    model: nn.Module,
+    example: ExampleInput,
+    iterations: int,
+    clock: Clock,
+    tiny: ExampleInput | None = None,
+    single_thread: bool = False,
 ) -> LayerTimes:
     """Per-module times on `example` (and on `tiny`) over `iterations` passes, in one session.
 
     Each iteration runs the hooked model on `example`, then on `tiny`, then the model without
     hooks on `example` — the end-to-end time the per-layer times are checked against, taken
     at the same moment, so that a machine that slows down between two measurements cannot
-    pass for layers that do not add up."""
+    pass for layers that do not add up.
+
+    single_thread: the model runs on this thread alone (CPU, one intra-op thread). Spans are
+    then read from the wall clock — a thread-CPU clock costs a system call per read, more
+    under contention, and a model with many small layers reads it twice per layer — and
+    each pass is also timed on the thread's CPU clock: only passes that held the core
+    throughout are kept. When too few do (long passes on a busy machine), the session is
+    redone on the thread-CPU clock."""
+    if not single_thread:
+        return _session(model, example, iterations, clock, tiny, None)
+    timed = _session(model, example, iterations, wall_clock(), tiny, time.thread_time)
+    return timed if timed is not None else _session(model, example, iterations, thread_clock(), tiny, None)  # type: ignore[return-value]
+
+
+def _session(
+    model: nn.Module,
+    example: ExampleInput,
+    iterations: int,
+    clock: Clock,
+    tiny: ExampleInput | None,
+    cpu: Callable[[], float] | None,
+) -> LayerTimes | None:
+    """One hooked session; None when `cpu` is given and fewer than `iterations` passes of each
+    kind ran unpreempted within a few times that many attempts."""
     names = {module: name for name, module in model.named_modules()}
     timings = {
         name: LayerTiming(name, type(module).__name__, leaf=not any(True for _ in module.children()))
@@ -140,20 +174,25 @@ def time_layers(
     overhead = _clock_overhead(clock)
     total: list[float] = []
     unhooked: list[float] = []
+    tiny_runs = 0
+    attempts = 0
     with torch.inference_mode():
         with recorder.hooks():
             example.call(model)  # warm-up, and which modules run
             if tiny is not None:
                 tiny.call(model)
         recorder.counting = False
-        for _ in range(iterations):
+        while len(total) < iterations or len(unhooked) < iterations or (tiny is not None and tiny_runs < iterations):
+            attempts += 1
+            if attempts > 4 * iterations + 8:
+                return None
             with recorder.hooks():
                 for target, on_tiny in ((example, False), (tiny, True)):
-                    if target is None:
+                    if target is None or (on_tiny and tiny_runs >= iterations) or (not on_tiny and len(total) >= iterations):
                         continue
                     recorder.spans.clear()
-                    target.call(model)
-                    clock.settle()
+                    if not _unpreempted(lambda: target.call(model), clock, cpu):  # noqa: B023 - called at once
+                        continue
                     own, inclusive = recorder.resolve(overhead)
                     for name, timing in timings.items():
                         if on_tiny:
@@ -161,17 +200,39 @@ def time_layers(
                         else:
                             timing.own_ms.append(own.get(name, 0.0) * 1000)
                             timing.inclusive_ms.append(inclusive.get(name, 0.0) * 1000)
-                    if not on_tiny:
+                    if on_tiny:
+                        tiny_runs += 1
+                    else:
                         total.append(inclusive.get("", 0.0) * 1000)
-            start = clock.stamp()
-            example.call(model)
-            end = clock.stamp()
-            clock.settle()
-            unhooked.append(max(0.0, clock.seconds(start, end) - overhead) * 1000)
+            if len(unhooked) < iterations:
+                spans: list[float] = []
+
+                def forward() -> None:
+                    start = clock.stamp()
+                    example.call(model)
+                    end = clock.stamp()
+                    clock.settle()
+                    spans.append(max(0.0, clock.seconds(start, end) - overhead) * 1000)
+
+                if _unpreempted(forward, clock, cpu):
+                    unhooked.append(spans[0])
     for name, timing in timings.items():
         timing.calls = recorder.calls.get(name, 0)
     ran = {name: t for name, t in timings.items() if t.calls}
-    return LayerTimes(ran, iterations, clock.name, total, overhead * 1000, unhooked)
+    label = f"{clock.name}, unpreempted passes" if cpu is not None else clock.name
+    return LayerTimes(ran, iterations, label, total, overhead * 1000, unhooked, attempts)
+
+
+def _unpreempted(run: Callable[[], None], clock: Clock, cpu: Callable[[], float] | None) -> bool:
+    """Run once; whether the thread held its core throughout (always True without a CPU clock)."""
+    if cpu is None:
+        run()
+        clock.settle()
+        return True
+    cpu_start, wall_start = cpu(), time.perf_counter()
+    run()
+    wall = time.perf_counter() - wall_start
+    return wall <= 0 or (cpu() - cpu_start) >= _UNPREEMPTED * wall
 
 
 def _clock_overhead(clock: Clock, reads: int = 200) -> float:

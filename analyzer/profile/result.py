@@ -72,6 +72,8 @@ class LatencyStats:
     wall_ms: list[float] = field(default_factory=list)
     #: Why sampling stopped: "stable", "time budget spent", "max samples reached".
     stopped: str = "stable"
+    #: When it stopped unsettled, what had not settled.
+    unsettled: str = ""
 
     @property
     def median_ms(self) -> float:
@@ -112,6 +114,7 @@ class LatencyStats:
             "median_interval_ms": [round(self.estimate.low, 6), round(self.estimate.high, 6)],
             "wall_ms": [round(s, 6) for s in self.wall_ms],
             "stopped": self.stopped,
+            "unsettled": self.unsettled,
         }
 
 
@@ -287,7 +290,8 @@ class ProfileResult:
             environment=Environment(**data["environment"]),
             latency=[
                 LatencyStats(
-                    s["label"], s["batch"], s["samples_ms"], s.get("calls_per_sample", 1), s.get("wall_ms", []), s.get("stopped", "stable")
+                    s["label"], s["batch"], s["samples_ms"], s.get("calls_per_sample", 1), s.get("wall_ms", []),
+                    s.get("stopped", "stable"), s.get("unsettled", ""),
                 )
                 for s in data["latency"]
             ],

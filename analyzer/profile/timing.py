@@ -117,8 +117,8 @@ class MeasureOptions:
     #: Stop when every median moved less than this (relative) over the last `window` rounds...
     stable_within: float = 0.02
     window: int = 5
-    #: ...and the confidence interval of every ratio to the first model is within this (relative half-width).
-    ratio_within: float = 0.03
+    #: ...and the 95% interval of every ratio to the first model is within this (relative half-width).
+    ratio_within: float = 0.05
 
 
 @dataclass
@@ -141,6 +141,8 @@ class Measurement:
     #: Seconds spent in timed blocks, as the timer counts them, and as the wall clock does.
     timed_s: float
     wall_s: float
+    #: When it stopped unsettled: what had not settled ("" when stable).
+    unsettled: str = ""
 
     @property
     def settled(self) -> bool:
@@ -175,9 +177,11 @@ def measure(
             samples[label].wall_per_call_s.append(wall / calls)
             timed += elapsed
         rounds += 1
-        stopped = _stopped({label: s.per_call_s for label, s in samples.items()}, max(timed, wall_clock() - started), options)
+        series = {label: s.per_call_s for label, s in samples.items()}
+        stopped = _stopped(series, max(timed, wall_clock() - started), options)
         if stopped is not None:
-            return Measurement(samples, rounds, stopped, timed, wall_clock() - started)
+            unsettled = "" if stopped == STABLE else _unsettled(series, options)
+            return Measurement(samples, rounds, stopped, timed, wall_clock() - started, unsettled)
 
 
 def measure_interleaved(
@@ -217,6 +221,24 @@ def _stable(samples: list[float], options: MeasureOptions) -> bool:
     now = statistics.median(samples)
     before = statistics.median(samples[: -options.window])
     return abs(now - before) <= options.stable_within * now
+
+
+def _unsettled(samples: dict[str, list[float]], options: MeasureOptions) -> str:
+    """What kept a measurement from settling, in words."""
+    reasons = []
+    for label, values in samples.items():
+        now, before = statistics.median(values), statistics.median(values[: -options.window])
+        if abs(now - before) > options.stable_within * now:
+            reasons.append(
+                f"the median of {label} still moved {abs(now - before) / now:.1%} over the last {options.window} rounds "
+                f"(settled: under {options.stable_within:.0%})"
+            )
+    labels = list(samples)
+    for other in labels[1:]:
+        ratios = [a / b for a, b in zip(samples[labels[0]], samples[other]) if b > 0]
+        if ratios and (width := median_estimate(ratios).relative_half_width) > options.ratio_within:
+            reasons.append(f"the {labels[0]}/{other} ratio was known to ±{width:.1%} (settled: ±{options.ratio_within:.0%})")
+    return "; ".join(reasons) or "too little time measured"
 
 
 def _ratios_stable(samples: dict[str, list[float]], options: MeasureOptions) -> bool:
