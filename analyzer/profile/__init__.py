@@ -311,6 +311,11 @@ def _rows(times: LayerTimes, macs: MacCount) -> list[str]:
     return [name for name, t in times.layers.items() if name and (t.leaf or macs.own_by_module.get(name, 0) > 0)]
 
 
+def _call_ms(timing: Any, balance: MachineBalance) -> float:
+    """What calling the module costs per forward pass beyond the span its hooks saw (ms)."""
+    return timing.calls * balance.module_call_s * 1000
+
+
 def _weight_ms(module: nn.Module | None, balance: MachineBalance, leaf: bool) -> float:
     """Milliseconds to read a leaf layer's parameters once at the device's copy bandwidth."""
     if module is None or not leaf:
@@ -330,8 +335,9 @@ def _layers(
         layer_macs = macs.own_by_module.get(name, 0)
         moved = macs.own_bytes_by_module.get(name, 0)
         intensity = 2 * layer_macs / moved if moved else 0.0
-        time_ms = timing.time_ms
-        tiny = timing.tiny_ms
+        calling = _call_ms(timing, balance)
+        time_ms = timing.time_ms + calling
+        tiny = timing.tiny_ms + calling if timing.tiny_ms is not None else None
         fixed = min(max(0.0, tiny - _weight_ms(modules.get(name), balance, timing.leaf)), time_ms) if tiny is not None else 0.0
         if time_ms > 0 and fixed >= 0.5 * time_ms:
             bound = "overhead"
@@ -370,12 +376,14 @@ def _shares(layers: list[LayerProfile], times: LayerTimes, model: nn.Module, bal
         total = fixed = in_memory = 0.0
         for layer in layers:
             timing = times.layers[layer.name]
-            t = timing.own_ms[i]
+            calling = _call_ms(timing, balance)
+            t = timing.own_ms[i] + calling
             total += t
             if layer.name in memory:
                 in_memory += t
             if timing.tiny_own_ms:
-                fixed += min(max(0.0, timing.tiny_own_ms[i] - _weight_ms(modules.get(layer.name), balance, timing.leaf)), t)
+                tiny = timing.tiny_own_ms[i] + calling
+                fixed += min(max(0.0, tiny - _weight_ms(modules.get(layer.name), balance, timing.leaf)), t)
         if total > 0:
             memory_shares.append(in_memory / total)
             if any(times.layers[layer.name].tiny_own_ms for layer in layers):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 
 import torch
+import torch.nn as nn
 
 from .result import MachineBalance
 from .timing import Timer
@@ -43,7 +44,27 @@ def calibrate(device: torch.device, timer: Timer, repeats: int = 5) -> MachineBa
         peak_flops=2 * n**3 / gemm,
         bandwidth=2 * elements * src.element_size() / copy,
         op_overhead_s=overhead,
+        module_call_s=_module_call(timer, tiny),
     )
+
+
+def _module_call(timer: Timer, x: torch.Tensor) -> float:
+    """Seconds an nn.Module call costs beyond its forward (Python dispatch through __call__):
+    every layer pays it, and per-layer spans taken inside the call do not see it."""
+    module = nn.Identity()
+    forward = module.forward
+
+    def called() -> None:
+        for _ in range(_OPS_PER_BLOCK):
+            module(x)
+
+    def direct() -> None:
+        for _ in range(_OPS_PER_BLOCK):
+            forward(x)
+
+    via_call = statistics.median(timer.time(called) for _ in range(10))
+    via_forward = statistics.median(timer.time(direct) for _ in range(10))
+    return max(0.0, via_call - via_forward) / _OPS_PER_BLOCK
 
 
 _OPS_PER_BLOCK = 100

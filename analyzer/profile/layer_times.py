@@ -89,12 +89,13 @@ class LayerTiming:
     type: str
     #: Whether the module has no children (its own time is all its time).
     leaf: bool
+    #: Calls per forward pass on the real input.
+    calls: int = 0
     #: Milliseconds per forward pass, one value per iteration: inclusive, and its own ops only.
     inclusive_ms: list[float] = field(default_factory=list)
     own_ms: list[float] = field(default_factory=list)
     #: The same on the tiny input (empty when there is none).
     tiny_own_ms: list[float] = field(default_factory=list)
-    calls: int = 0
 
     @property
     def time_ms(self) -> float:
@@ -178,10 +179,10 @@ def _session(
     attempts = 0
     with torch.inference_mode():
         with recorder.hooks():
-            example.call(model)  # warm-up, and which modules run
+            example.call(model)  # warm-up, and which modules run how often
+            recorder.counting = False
             if tiny is not None:
                 tiny.call(model)
-        recorder.counting = False
         while len(total) < iterations or len(unhooked) < iterations or (tiny is not None and tiny_runs < iterations):
             attempts += 1
             if attempts > 4 * iterations + 8:

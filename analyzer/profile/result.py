@@ -204,6 +204,8 @@ class MachineBalance:
     bandwidth: float
     #: Seconds of a near-empty operator: the fixed cost of one op (dispatch or launch).
     op_overhead_s: float
+    #: Seconds an nn.Module call costs beyond its forward: added to each layer's time per call.
+    module_call_s: float = 0.0
 
     @property
     def balance(self) -> float:
