@@ -926,7 +926,8 @@ def test_depthwise_and_batchnorm_model_is_memory_bound(one_thread: None) -> None
     model = nn.Sequential(blocks).eval()
     options = ProfileOptions(device="cpu", measure=FAST.measure, layer_profile_s=0.1, balance=GIVEN_BALANCE)
     result = profile_models(model, None, torch.randn(1, c, size, size), options)
-    assert result.balance == GIVEN_BALANCE and result.flags == [], result.flags
+    assert result.balance == GIVEN_BALANCE
+    assert all(flag.scope == LAYERS for flag in result.flags), result.flags
 
     # Intensities written out from the shapes: a 3×3 depthwise conv does 9 MACs per output and
     # reads its input, weight and bias and writes its output, 4 bytes each; BatchNorm and
@@ -942,12 +943,19 @@ def test_depthwise_and_batchnorm_model_is_memory_bound(one_thread: None) -> None
             assert layer.macs == 0 and layer.intensity == 0
         assert layer.bound == "memory", layer  # all below 10 FLOPs/byte, none dominated by fixed cost
 
-    finding = _one(diagnose(result), "memory-bound")
-    assert finding.evidence["memory_bound_time_share"] == 1.0  # every layer is below the ridge, whatever their times
+    assert result.memory_bound_share == 1.0  # every layer is below the ridge, whatever their times
+    findings, why = evaluate(result)
+    if result.flags:
+        # A machine so contended that the layer times stopped adding up to the forward (seen at
+        # load 8 on 2 cores): the rule must then be withheld, saying why — never decided.
+        assert "memory-bound" not in _kinds(findings) and why["memory-bound"] == result.flags[0].reason
+        return
+    finding = _one(findings, "memory-bound")
+    assert finding.evidence["memory_bound_time_share"] == 1.0
     assert finding.modules and set(finding.modules) <= set(blocks)
     assert any(name.startswith("dw") for name in finding.modules) and any(name.startswith("bn") for name in finding.modules)
     assert "10.0 FLOPs/byte" in finding.message
-    assert "overhead-bound" not in _kinds(diagnose(result))
+    assert "overhead-bound" not in _kinds(findings)
 
 
 def test_calibrated_bandwidth_reads_real_memory(one_thread: None) -> None:
