@@ -142,7 +142,7 @@ def _split(timer: FakeTimer, labels: int, warmup: int) -> tuple[list[tuple[list[
 
 
 def test_measure_returns_per_label_samples_from_the_timer() -> None:
-    options = MeasureOptions(min_time_s=0.05, max_time_s=5)
+    options = MeasureOptions(min_time_s=0.05, max_time_s=5, rewarm=False)
     samples, timer = _measure({"pruned": 0.001, "dense": 0.003}, options)
     assert list(samples) == ["pruned", "dense"]
     assert all(isinstance(s, Samples) for s in samples.values())
@@ -167,7 +167,7 @@ def test_measure_is_deterministic_with_a_seeded_timer() -> None:
 
 @pytest.mark.parametrize("labels", [["pruned", "dense"], ["a", "b", "c"]])
 def test_measure_interleaves_rounds_in_alternating_order(labels: list[str]) -> None:
-    options = MeasureOptions(warmup=2, min_time_s=0.05, max_time_s=5)
+    options = MeasureOptions(warmup=2, min_time_s=0.05, max_time_s=5, rewarm=False)
     _, timer = _measure({label: 0.001 * (i + 1) for i, label in enumerate(labels)}, options)
     warm, timed = _split(timer, len(labels), options.warmup)
     assert [calls[0] for calls, _ in warm] == labels * options.warmup
@@ -180,6 +180,19 @@ def test_measure_interleaves_rounds_in_alternating_order(labels: list[str]) -> N
     if len(labels) == 2:
         a, b = labels
         assert "".join("A" if x == a else "B" for x in order).startswith("ABBAAB")
+
+
+def test_each_block_follows_one_untimed_call_of_its_model() -> None:
+    options = MeasureOptions(warmup=1, min_time_s=0.05, max_time_s=5)
+    samples, timer = _measure({"pruned": 0.001, "dense": 0.003}, options)
+    _, timed = _split(timer, 2, options.warmup)
+    assert len(timed) % 2 == 0
+    for (warm_labels, _), (block_labels, elapsed) in zip(timed[::2], timed[1::2]):
+        assert len(warm_labels) == 1 and block_labels == warm_labels * len(block_labels)
+    blocks = [(labels, elapsed) for labels, elapsed in timed[1::2]]
+    assert [elapsed / len(labels) for labels, elapsed in blocks if labels[0] == "pruned"] == samples["pruned"].per_call_s
+    one, _ = _measure({"alone": 0.001}, options)  # a model timed alone needs no re-warming
+    assert len(one["alone"].per_call_s) >= options.min_samples
 
 
 def test_block_size_comes_from_the_fastest_warmup_run() -> None:
@@ -228,7 +241,7 @@ def test_max_samples_caps_an_unstable_measurement() -> None:
 
 
 def test_max_time_caps_an_unstable_measurement() -> None:
-    options = MeasureOptions(max_samples=10**6, stable_within=0.0, min_time_s=0.0, max_time_s=0.5)
+    options = MeasureOptions(max_samples=10**6, stable_within=0.0, min_time_s=0.0, max_time_s=0.5, rewarm=False)
     samples, timer = _measure({"a": 0.001, "b": 0.002}, options, spread=0.3)
     _, timed = _split(timer, 2, options.warmup)
     spent = [elapsed for _, elapsed in timed]

@@ -6,8 +6,9 @@ other processes is not counted), `WallTimer` reads `time.perf_counter` (multi-th
 runs), `CudaTimer` records CUDA events around `torch.cuda.synchronize`. Tests swap in a
 timer with a seeded fake clock.
 
-Models are measured interleaved, round by round and in alternating order, so a change of
-the machine's speed hits them alike; one round gives one sample per model, so their
+Models are measured interleaved, round by round and in alternating order (each block after
+one untimed call of its model), so a change of the machine's speed hits them alike; one
+round gives one sample per model, so their
 ratio is estimated round by round (the median of per-round ratios, with its confidence
 interval). Sampling never stops before `min_samples` per model; it stops when every
 median and every ratio is stable, or when `max_samples` or the time budget is reached —
@@ -119,6 +120,10 @@ class MeasureOptions:
     window: int = 5
     #: ...and the 95% interval of every ratio to the first model is within this (relative half-width).
     ratio_within: float = 0.05
+    #: With several models: one untimed call before each timed block, so that a model is timed
+    #: with its own weights in cache, as when it runs alone, not the other model's (a pruned
+    #: ResNet-18 read 10% slower right after its dense one).
+    rewarm: bool = True
 
 
 @dataclass
@@ -170,6 +175,8 @@ def measure(
         order = labels if rounds % 2 == 0 else labels[::-1]
         for label in order:
             fn, calls = blocks[label]
+            if options.rewarm and len(labels) > 1:
+                timer.time(runs[label])  # untimed: back to this model's steady state
             before = wall_clock()
             elapsed = timer.time(fn)
             wall = wall_clock() - before
