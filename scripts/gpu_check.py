@@ -53,16 +53,33 @@ def main() -> int:
         )
     profile = report.profile or {}
     env = profile.get("environment", {})
-    print(f"device: {env.get('device')} {env.get('device_name')}, timer {env.get('timer')}, cudnn.benchmark={env.get('cudnn_benchmark')}")
+    print(
+        f"device: {env.get('device')} {env.get('device_name')}, timer {env.get('timer')}, "
+        f"cudnn.benchmark={env.get('cudnn_benchmark')}, {env.get('threads')} CPU threads"
+    )
     print(f"nvml: {env.get('nvml_status')}")
+    for note in env.get("notes", []):
+        print(f"note: {note}")
     medians = {(s["label"], s["batch"]): s for s in profile.get("latency", [])}
+    speedups = profile.get("speedup", {})
     for batch in batches:
         dense, pruned = medians.get(("dense", batch)), medians.get(("pruned", batch))
-        if dense and pruned:
+        speedup = speedups.get(str(batch))
+        if dense and pruned and speedup:
             print(
-                f"batch {batch:>3}: dense {dense['median_ms']:.3f} ms (IQR {dense['iqr_ms']:.3f}), "
-                f"pruned {pruned['median_ms']:.3f} ms (IQR {pruned['iqr_ms']:.3f}), speedup {dense['median_ms'] / pruned['median_ms']:.2f}x"
+                f"batch {batch:>3}: dense {dense['median_ms']:.3f} ms (IQR {dense['iqr_ms']:.3f}, {dense['stopped']}), "
+                f"pruned {pruned['median_ms']:.3f} ms (IQR {pruned['iqr_ms']:.3f}, {pruned['stopped']}), "
+                f"speedup {speedup['value']:.2f}x (95% {speedup['low']:.2f}-{speedup['high']:.2f})"
             )
+    check = profile.get("layer_check")
+    if check:
+        print(
+            f"per-layer (CUDA events, {profile.get('layer_iterations')} passes): layers add up to {check['layer_sum_ms']:.3f} ms "
+            f"of {check['end_to_end_ms']:.3f} ms end to end ({check['ratio']:.0%}); fixed per-op share "
+            f"{profile.get('fixed_cost_share')}, memory-bound share {profile.get('memory_bound_share')}"
+        )
+    for flag in profile.get("flags", []):
+        print(f"not trusted ({flag['scope']}): {flag['reason']}")
     flops = profile.get("flops", {})
     if "dense" in flops and "pruned" in flops:
         print(f"MACs: dense {flops['dense']['macs']:,}, pruned {flops['pruned']['macs']:,} ({flops['pruned']['macs'] / flops['dense']['macs']:.1%})")
@@ -81,9 +98,18 @@ def main() -> int:
         )
     for finding in report.findings:
         print(f"[{finding.severity.value}] {finding.kind}: {finding.message}")
+    for line in report.not_analysed:
+        print(f"not analysed: {line}")
     if args.json:
         Path(args.json).write_text(report.to_json())
-    ok = env.get("device", "").startswith("cuda") and env.get("timer") == "cuda-events" and bool(nvml and nvml["samples"])
+    layers_timed = any(layer["time_ms"] > 0 for layer in profile.get("layers", []))
+    ok = (
+        env.get("device", "").startswith("cuda")
+        and env.get("timer") == "cuda-events"
+        and bool(nvml and nvml["samples"])
+        and layers_timed
+        and bool(speedups)
+    )
     print("GPU path: OK" if ok else "GPU path: NOT exercised (see above)")
     return 0 if ok else 1
 

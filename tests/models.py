@@ -58,3 +58,37 @@ def layer_width(module: nn.Module) -> int | None:
     if isinstance(module, nn.Linear):
         return module.out_features
     return None
+
+
+class AttentionNet(nn.Module):
+    """A conv stem, then attention over its positions three ways: nn.MultiheadAttention
+    (its fused fast path runs in eval without grad), F.scaled_dot_product_attention, and
+    plain matmuls. MACs on (B, 3, H, W), with T = H/2 · W/2 tokens of width C: stem
+    C·27·T, MultiheadAttention 4·T·C² + 2·T²·C, qkv T·3C², SDPA 2·T²·C, matmuls 2·T²·C,
+    head 4·C — per sample."""
+
+    def __init__(self, width: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.stem = nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)  # (B, T, C)
+        x = self.attn(x, x, x, need_weights=False)[0]
+        b, t, c = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(x).chunk(3, dim=-1))
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c)
+        scores = torch.softmax(x @ x.transpose(1, 2) / c**0.5, dim=-1)
+        x = scores @ x
+        return self.head(x.mean(1))
+
+
+def attention_net_macs(height: int, width: int, channels: int = 16) -> int:
+    """AttentionNet's MACs per sample on a height × width image, written out from its layers
+    (the oracle for the MAC counter)."""
+    tokens = (height // 2) * (width // 2)
+    c = channels
+    return c * 27 * tokens + 4 * tokens * c * c + 2 * tokens * tokens * c + tokens * 3 * c * c + 2 * tokens * tokens * c + 2 * tokens * tokens * c + 4 * c

@@ -32,6 +32,12 @@ def test_profile_on_cuda_times_with_events_and_samples_nvml() -> None:
     assert result.nvml is not None and result.nvml.samples > 0, env.nvml_status
     assert 0 <= result.nvml.sm_util_median <= 100
     assert result.balance.peak_flops > 1e11  # any CUDA GPU beats 100 GFLOP/s
+    # per-layer times from CUDA events, one pass per model, checked against the forward
+    assert result.layers and all(layer.time_ms >= 0 for layer in result.layers) and any(layer.time_ms > 0 for layer in result.layers)
+    assert result.layer_check is not None and result.layer_check.end_to_end_ms > 0
+    assert result.speedup(1) is not None and result.speedup(8) is not None
+    # the one MAC counter on CUDA tensors: 3→32 conv then 8 convs 32→32, 3×3, at 64×64, per sample
+    assert result.flops["pruned"].macs_per_sample == 64 * 64 * 9 * (3 * 32 + 8 * 32 * 32)
 
 
 def test_real_nvml_sampler_reads_the_gpu() -> None:

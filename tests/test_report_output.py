@@ -401,7 +401,7 @@ def test_golden_profiled(tp_pruned_path: Path, golden, width: int) -> None:
     assert {"no-speedup", "overhead-bound", "memory-bound"} <= set(kinds)
     text = render_text(normalise(report, tp_pruned_path), width=width)
     _assert_fits(text, width)
-    for heading in ("latency", "FLOPs (fvcore", "where the time goes", "NVML (120 samples", "machine:"):
+    for heading in ("latency", "MACs on 1×3×32×32", "where the time goes", "NVML (120 samples", "machine:"):
         assert heading in text
     table = text[text.index("where the time goes") :].split("\n\n", 1)[0]
     # Every module name whole at the start of its row (the key column is never cut).

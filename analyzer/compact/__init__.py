@@ -1,16 +1,20 @@
 """Compact: turn zeroed channels and pruning masks into real channel removal.
 
-On a copy of the runnable model: fold `torch.nn.utils.prune` masks in, find the channels
-that are silent in every member of their coupled group (torch-pruning's
-DependencyGraph), confirm what each consuming layer really receives on them (exactly 0,
-or a constant), fold constants into the next layer's bias or BatchNorm where that is
-exact, remove the channels with torch-pruning, verify the outputs are unchanged, and
-write the result atomically — never over the input.
+On the runnable model: fold `torch.nn.utils.prune` masks in, find the channels that are
+silent in every member of their coupled group (torch-pruning's DependencyGraph), confirm
+what each consuming layer really receives on them (exactly 0, or a constant), fold
+constants into the next layer's bias or BatchNorm where that is exact, remove the
+channels with torch-pruning, verify the outputs are unchanged, and write the result
+atomically — never over the input.
+
+The graph, the groups and the probe runs are the ones the zeroed-channels pass already
+made (shared through `Model`), and the outputs to verify against are the ones the probe
+inputs gave before anything changed, so the dense model is neither copied nor re-traced.
+Everything runs single-threaded (see `model/threads.py`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -23,11 +27,11 @@ import torch.nn.utils.prune as prune
 
 from ..model import Model
 from ..model.inputs import ExampleInput
-from ..model.macs import model_macs
-from ..model.trace import run_traced
-from ..model.coupling import ChannelGroup, coupled_groups, dependency_graph
+from ..model.macs import count_macs
+from ..model.coupling import ChannelGroup
 from ..model.modules import batchnorm_after
-from ..model.silence import ChannelRange, channel_fates, consumer_ranges, probe_inputs, silenced_channels
+from ..model.silence import ChannelRange, channel_fates, silenced_channels
+from ..model.threads import single_threaded
 from ..errors import UsageError
 from ..outputs import atomic_write
 from .result import CompactionResult, GroupCompaction
@@ -47,33 +51,50 @@ def compact(
 ) -> CompactionResult:
     """Compact `model` into `output`; see the module docstring. Returns what was done (or refused).
 
+    `model.module` is changed in place (masks folded, channels removed): it is the build's
+    own model, and compaction is the last thing done with it.
+
     masks_in_file: prune masks the loader already folded into `model` (a state dict with
     weight_orig/weight_mask rebuilt on --arch); they count as folded."""
     _check_output(output, input_path)
-    work = copy.deepcopy(model.module).eval()
-    folded = _fold_masks(work) + (masks_in_file if model.origin != "checkpoint" else 0)
-    reference = copy.deepcopy(work)
+    with single_threaded():
+        return _compact(model, output, arch, round_to, zero_tol, unstructured_sparsity, masks_in_file)
+
+
+def _compact(
+    model: Model,
+    output: Path,
+    arch: str | None,
+    round_to: int | None,
+    zero_tol: float,
+    unstructured_sparsity: float | None,
+    masks_in_file: int,
+) -> CompactionResult:
+    work = model.module.eval()
     example = model.example_input
-    result = CompactionResult(output=None, masks_folded=folded, round_to=round_to)
+    probed = model.probed()  # before anything changes: its outputs are what the result must reproduce
+    folded_here = _fold_masks(work)
+    if folded_here:
+        model.forget_derived(keep=("probed",))  # the graph was traced through the mask hooks
+    result = CompactionResult(output=None, masks_folded=folded_here + (masks_in_file if model.origin != "checkpoint" else 0), round_to=round_to)
     result.params_before = _params(work)
-    result.macs_before = model_macs(work, run_traced(work, example))
-    graph = dependency_graph(work, example)
-    groups = [g for g in coupled_groups(work, example, graph) if g.consumers()]
-    probe = probe_inputs(example)
-    seen = consumer_ranges(work, groups, probe)
-    plans = [_plan(work, group, seen, round_to, zero_tol) for group in groups]
+    result.macs_before = model.macs.per_sample if model.macs is not None else count_macs(work, example).per_sample
+    graph = model.dependency_graph()
+    groups = [g for g in model.coupled_groups() if g.consumers()]
+    plans = [_plan(work, group, probed.ranges, round_to, zero_tol) for group in groups]
     plans = [(group, plan) for group, plan in zip(groups, plans) if plan.removed or plan.left or plan.summary.kept_for_alignment]
-    if not any(plan.removed for _, plan in plans) and not folded:
+    if not any(plan.removed for _, plan in plans) and not result.masks_folded:
         result.refused = _nothing_to_remove(plans, unstructured_sparsity)
         return result
     for group, plan in plans:
         _fold_constants(work, group, plan)
     for group, plan in plans:
         _prune(work, graph, group, plan)
+    model.forget_derived()  # the module changed: graph, groups and probe ranges describe the old one
     result.groups = [plan.summary for _, plan in plans]
     result.params_after = _params(work)
-    result.macs_after = model_macs(work, run_traced(work, example))
-    result.max_abs_diff, result.tolerance = _difference(reference, work, probe)
+    result.macs_after = count_macs(work, example).per_sample
+    result.max_abs_diff, result.tolerance = _difference(probed.outputs, work, probed.inputs)
     if result.max_abs_diff > result.tolerance:
         result.refused = (
             f"verification failed: outputs differ by {result.max_abs_diff:.3g} (tolerance {result.tolerance:.3g}); nothing written"
@@ -189,14 +210,15 @@ def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> No
             pruning_group.prune()
 
 
-def _difference(reference: nn.Module, model: nn.Module, probe: list[ExampleInput]) -> tuple[float, float]:
+def _difference(reference_outputs: list[Any], model: nn.Module, probe: list[ExampleInput]) -> tuple[float, float]:
+    """Largest difference between `model`'s outputs on the probe inputs and the outputs recorded before compaction."""
     from ..model.trace import tensor_shapes
 
     worst = 0.0
     scale = 0.0
     with torch.inference_mode():
-        for x in probe:
-            expected, got = _flatten(x.call(reference)), _flatten(x.call(model))
+        for x, reference_output in zip(probe, reference_outputs, strict=True):
+            expected, got = _flatten(reference_output), _flatten(x.call(model))
             if tensor_shapes(expected) != tensor_shapes(got):
                 return math.inf, 0.0
             for a, b in zip(expected, got):

@@ -8,6 +8,10 @@ weights; see hf.py), and when its tensors no longer fit it, the config fields th
 are derived and the model is built from the patched config. It is run once on an example
 input; a forward pass that fails is recorded with the module where it failed. Nothing
 here makes findings: the passes read the `Build`.
+
+The model is run single-threaded (see `threads.py`), and what is derived from running it
+— its MACs, torch-pruning's DependencyGraph, the coupled channel groups, what the probe
+inputs carry — is computed once per `Model` and shared by every pass and by compaction.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,10 +30,14 @@ from ..load import Checkpoint, LoadOptions, load_checkpoint
 from ..load.extract import find_masks
 from ..load.placeholder import Placeholder
 from . import hf
+from .coupling import ChannelGroup, coupled_groups, dependency_graph
 from .factory import build_dense, load_factory, parse_input_shape, parse_named_input
 from .fit import PRUNED, FitReport, compare, resize_to
 from .inputs import ExampleInput, model_input, random_input, takes_tokens
+from .macs import MacCount, count_macs
 from .modules import tied_names
+from .silence import ChannelRange, consumer_ranges, probe_inputs
+from .threads import ANALYSIS_THREADS, single_threaded
 from .trace import ForwardFailure, ModuleCall, Trace, run_traced
 
 __all__ = [
@@ -69,6 +78,15 @@ class BuildOptions:
 
 
 @dataclass
+class Probed:
+    """What the probe inputs showed: each consuming layer's input channel ranges, and the model's outputs."""
+
+    inputs: list[ExampleInput]
+    ranges: dict[str, ChannelRange]
+    outputs: list[Any]
+
+
+@dataclass
 class Model:
     module: nn.Module
     example_input: ExampleInput
@@ -76,6 +94,46 @@ class Model:
     #: "config.json" (the folder's config, patched when it no longer fit the tensors).
     origin: str
     trace: Trace
+    #: MACs of one forward pass on example_input (None: the model did not run, or could not be counted).
+    macs: MacCount | None = None
+    _derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def dependency_graph(self) -> Any:
+        """torch-pruning's DependencyGraph of `module`, built once (raises what torch-pruning raises)."""
+        return self._once("graph", lambda: dependency_graph(self.module, self.example_input))
+
+    def coupled_groups(self) -> list[ChannelGroup]:
+        """The coupled channel groups, from the shared graph."""
+        return self._once("groups", lambda: coupled_groups(self.module, self.example_input, self.dependency_graph()))
+
+    def probed(self) -> Probed:
+        """Every group consumer's input channel ranges on the probe inputs, and the outputs they gave."""
+
+        def probe() -> Probed:
+            inputs = probe_inputs(self.example_input)
+            outputs: list[Any] = []
+            groups = [g for g in self.coupled_groups() if g.consumers()]
+            return Probed(inputs, consumer_ranges(self.module, groups, inputs, outputs), outputs)
+
+        return self._once("probed", probe)
+
+    def forget_derived(self, keep: tuple[str, ...] = ()) -> None:
+        """Drop the shared graph, groups and probe results (after `module` was changed in place),
+        except those named in `keep` ("graph", "groups", "probed") that the change left true."""
+        for key in [k for k in self._derived if k not in keep]:
+            del self._derived[key]
+
+    def _once(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._derived:
+            try:
+                with single_threaded():
+                    self._derived[key] = compute()
+            except Exception as e:  # remembered: a graph torch-pruning cannot trace fails once, not per pass
+                self._derived[key] = e
+        value = self._derived[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
 
 
 @dataclass
@@ -122,10 +180,12 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
     if dense is not None and not options.arch:
         run_on, origin = _fit_config(checkpoint, dense, result), CONFIG_SOURCE
     try:
-        module, origin = _runnable_module(checkpoint, run_on, result, origin)
+        module, origin = _runnable_module(checkpoint, run_on, result, origin, dense_is_ours=origin == CONFIG_SOURCE)
         if module is not None:
-            example, trace = _run_example(module, options, checkpoint)
-            result.model = Model(module, example, origin, trace)
+            with single_threaded():
+                example, trace = _run_example(module, options, checkpoint)
+                macs = _macs(module, example, trace, result)
+            result.model = Model(module, example, origin, trace, macs)
             if options.input_shape is None and not options.inputs and options.example_input is None:
                 result.notes.append(_inferred_input_note(example))
     except AnalyzerError:
@@ -134,6 +194,16 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
         result.model = None
         result.notes.append(f"the model could not be run ({type(e).__name__}: {' '.join(str(e).split())[:200]}); checks that need it were skipped")
     return result
+
+
+def _macs(module: nn.Module, example: ExampleInput, trace: Trace, result: Build) -> MacCount | None:
+    if not trace.ok:
+        return None
+    try:
+        return count_macs(module, example)
+    except Exception as e:  # an op the counter cannot run under its dispatch mode: said, not hidden
+        result.notes.append(f"MACs not counted ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
+        return None
 
 
 def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module] | None = None) -> nn.Module:
@@ -148,7 +218,7 @@ def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module
         if dense is None:
             raise BuildError(f"{checkpoint.path}: give the dense model's factory ({'; '.join(result.notes) or 'no config.json to build it from'})")
         dense, origin = _fit_config(checkpoint, dense, result), CONFIG_SOURCE
-    module, _ = _runnable_module(checkpoint, dense, result, origin)
+    module, _ = _runnable_module(checkpoint, dense, result, origin, dense_is_ours=True)
     if module is None:
         fit = result.fit
         why = f"{fit.explanation}; " if fit and fit.explanation else ""
@@ -254,13 +324,14 @@ def _reference(options: BuildOptions, load_options: LoadOptions, dense: nn.Modul
     if options.baseline:
         baseline = load_checkpoint(Path(options.baseline), load_options)
         shapes = {name: baseline.meta(name)[0] for name in baseline.effective_names()}
-        module = baseline.module if baseline.runnable else (copy.deepcopy(runnable_dense) if runnable_dense is not None else None)
+        # The reference is only ever read (shapes, graphs, timing): the dense model itself, not a copy.
+        module = baseline.module if baseline.runnable else runnable_dense
         return Reference(f"--baseline {options.baseline}", shapes, dict(baseline.module_types), module)
     if dense is not None:
         shapes = {k: tuple(v.shape) for k, v in dense.state_dict().items()}
         types = {name: type(m).__name__ for name, m in dense.named_modules()}
         # A model built from config.json has no weights to run as the dense reference.
-        module = copy.deepcopy(runnable_dense) if runnable_dense is not None else None
+        module = runnable_dense
         return Reference(source, shapes, types, module, tied=tied_names(dense))
     return None
 
@@ -289,14 +360,18 @@ def _check_reference(checkpoint: Checkpoint, reference: Reference) -> None:
         reference.mismatch = fit.cause
 
 
-def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Build, origin: str = "arch") -> tuple[nn.Module | None, str]:
+def _runnable_module(
+    checkpoint: Checkpoint, dense: nn.Module | None, result: Build, origin: str = "arch", dense_is_ours: bool = False
+) -> tuple[nn.Module | None, str]:
+    """dense_is_ours: nothing else uses `dense` (load_pruned, a model built from config.json),
+    so it is fitted in place rather than copied."""
     if checkpoint.runnable:
         return checkpoint.module.eval(), "checkpoint"  # type: ignore[union-attr]
     if dense is None:
         return None, ""
-    model = copy.deepcopy(dense)
     if checkpoint.tp_state is not None:
-        return _tp_load(model, checkpoint, result)
+        return _tp_load(dense if dense_is_ours else copy.deepcopy(dense), checkpoint, result)
+    model = dense if dense_is_ours else _structure_copy(dense)
     tied = tied_names(model)
     shapes = _checkpoint_shapes(checkpoint, tied)
     fit = result.fit = compare(model, shapes)
@@ -316,6 +391,15 @@ def _runnable_module(checkpoint: Checkpoint, dense: nn.Module | None, result: Bu
         result.notes.append(f"load_state_dict failed after resizing: {' '.join(str(e).split())[:300]}")
         return None, ""
     return model.eval(), origin
+
+
+def _structure_copy(dense: nn.Module) -> nn.Module:
+    """A copy of `dense` whose parameters are allocated but not copied: every one is either
+    resized or loaded from the checkpoint next (a model missing one is discarded)."""
+    memo: dict[int, Any] = {}
+    for parameter in dense.parameters():
+        memo[id(parameter)] = nn.Parameter(torch.empty_like(parameter), requires_grad=parameter.requires_grad)
+    return copy.deepcopy(dense, memo)
 
 
 def _tp_load(model: nn.Module, checkpoint: Checkpoint, result: Build) -> tuple[nn.Module | None, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn as nn
 
 from .inputs import ExampleInput
 from .modules import is_depthwise
+from .threads import single_threaded
 
 __all__ = ["GroupMember", "ChannelGroup", "coupled_groups", "dependency_graph"]
 
@@ -54,7 +56,17 @@ class ChannelGroup:
         ]
 
     def followers(self, producer: str) -> list[GroupMember]:
-        return [m for m in self.members if m.follows == producer]
+        return self._followers.get(producer, [])
+
+    @cached_property
+    def _followers(self) -> dict[str, list[GroupMember]]:
+        """Producer name -> the per-channel layers that follow it, indexed once (a group of a
+        wide residual stage has hundreds of members, asked about once per producer)."""
+        index: dict[str, list[GroupMember]] = {}
+        for member in self.members:
+            if member.follows is not None:
+                index.setdefault(member.follows, []).append(member)
+        return index
 
     def consumers(self) -> list[GroupMember]:
         """Layers that read the group's channels as inputs (depthwise convs only carry them along)."""
@@ -68,7 +80,7 @@ def dependency_graph(model: nn.Module, example: ExampleInput) -> Any:
     """torch-pruning's DependencyGraph of `model` (raises what torch-pruning raises on graphs it cannot trace)."""
     import torch_pruning as tp
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), single_threaded():  # it runs the model: see threads.py
         warnings.simplefilter("ignore")
         return tp.DependencyGraph().build_dependency(model, **example.for_torch_pruning())
 
@@ -86,16 +98,19 @@ def coupled_groups(model: nn.Module, example: ExampleInput, graph: Any = None) -
     groups = []
     for raw in raw_groups:
         members: list[GroupMember] = []
+        seen: set[tuple[str, str]] = set()  # (name, role): the first dependency reaching a layer wins
         for item in raw.items:
             module = item.dep.target.module
             if module not in names:
                 continue  # functional ops (add, cat, reshape) carry channels but hold no weights
-            source = item.dep.source.module
             role = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            if (names[module], role) in seen:
+                continue
+            seen.add((names[module], role))
+            source = item.dep.source.module
             follows = names.get(source) if type(module).__name__ in _PER_CHANNEL and source in names and source is not module else None
             idxs = [int(i) for i in item.idxs]
-            if not any(m.name == names[module] and m.role == role for m in members):
-                members.append(GroupMember(names[module], type(module).__name__, role, idxs, follows, is_depthwise(module)))
+            members.append(GroupMember(names[module], type(module).__name__, role, idxs, follows, is_depthwise(module)))
         if members:
             groups.append(ChannelGroup(size=len(raw.items[0].idxs), members=members))
     return groups

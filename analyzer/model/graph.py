@@ -16,6 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 from .inputs import ExampleInput, example_from
+from .threads import single_threaded
 
 __all__ = ["OpRecord", "GraphTrace", "trace_graph", "BINARY_OPS", "CAT_OPS", "VIEW_OPS"]
 
@@ -58,7 +59,7 @@ def trace_graph(model: nn.Module, example: ExampleInput | torch.Tensor) -> Graph
         return None
     interpreter = _Recorder(graph_module)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), single_threaded():  # see threads.py
             interpreter.run(*example.args)
     except Exception:  # noqa: BLE001 - the failure is recorded by the interpreter
         pass

@@ -100,8 +100,13 @@ def probe_inputs(example: ExampleInput) -> list[ExampleInput]:
     return [example.fresh(seed=1234 + i, batch=_PROBE_BATCH_SIZE, scale=1 + i) for i in range(_PROBE_BATCHES)]
 
 
-def consumer_ranges(model: nn.Module, groups: list[ChannelGroup], probe: list[ExampleInput]) -> dict[str, ChannelRange]:
-    """Per consuming layer: each input channel's min and max over all probe inputs and positions."""
+def consumer_ranges(
+    model: nn.Module, groups: list[ChannelGroup], probe: list[ExampleInput], outputs: list[Any] | None = None
+) -> dict[str, ChannelRange]:
+    """Per consuming layer: each input channel's min and max over all probe inputs and positions.
+
+    outputs: when given, the model's output on each probe input is appended to it (so that
+    a later check against these outputs need not run the model again)."""
     modules = dict(model.named_modules())
     wanted = {m.name for g in groups for m in g.consumers() if m.name in modules}
     ranges: dict[str, ChannelRange] = {}
@@ -123,7 +128,9 @@ def consumer_ranges(model: nn.Module, groups: list[ChannelGroup], probe: list[Ex
     try:
         with torch.inference_mode():
             for x in probe:
-                x.call(model)
+                output = x.call(model)
+                if outputs is not None:
+                    outputs.append(output)
     finally:
         for handle in handles:
             handle.remove()

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..model.macs import model_macs
-from ..model.coupling import ChannelGroup, coupled_groups
-from ..model.silence import channel_fates, consumer_ranges, probe_inputs, silenced_by_producer
+from ..model.coupling import ChannelGroup
+from ..model.silence import channel_fates, silenced_by_producer
 from ..model.modules import is_depthwise
 from ..tensors.layers import Layer, adjacent
 from ..tensors.patterns import BatchNormPattern, WeightPattern
@@ -85,7 +84,7 @@ def _groups(ctx: PassContext) -> tuple[list[ChannelGroup] | None, str]:
     if not model.trace.ok:
         return None, "per layer only: the model's forward pass fails, so coupling was not traced"
     try:
-        return coupled_groups(model.module, model.example_input), ""
+        return model.coupled_groups(), ""
     except Exception as e:  # torch-pruning raises many kinds on graphs it cannot trace
         return None, f"per layer only: torch-pruning could not trace the model ({type(e).__name__}: {str(e)[:120]})"
 
@@ -121,7 +120,7 @@ def _zeroed_by_group(ctx: PassContext, per_layer: dict[str, _Silenced], groups: 
     assert model is not None
     modules = dict(model.module.named_modules())
     groups = [g for g in groups if g.consumers() and g.producers()]  # a group without readers is a model output
-    ranges = consumer_ranges(model.module, groups, probe_inputs(model.example_input))
+    ranges = model.probed().ranges  # shared with --compact
     per_group = {}
     removals: list[tuple[str, list[int]]] = []
     all_cuts: dict[str, _Cut] = {}
@@ -253,7 +252,8 @@ def _cost(ctx: PassContext, name: str, module: nn.Module, cut: _Cut) -> tuple[in
 
 
 def _model_macs(ctx: PassContext) -> int:
-    return model_macs(ctx.model.module, ctx.model.trace)  # type: ignore[union-attr]
+    macs = ctx.model.macs  # type: ignore[union-attr]
+    return macs.per_sample if macs is not None else 0
 
 
 def _output_positions(ctx: PassContext, name: str, conv: bool) -> int:

@@ -1,37 +1,28 @@
-"""MACs and parameters per module with fvcore; the ops it cannot count are kept, not hidden."""
+"""MACs and parameters per module, from the one counter (analyzer/model/macs.py); the ops it
+cannot count are kept as data, not hidden."""
 
 from __future__ import annotations
 
-import logging
-import warnings
-
-import torch
 import torch.nn as nn
 
 from ..model.inputs import ExampleInput
+from ..model.macs import MacCount, count_macs
 from .result import FlopStats
 
-__all__ = ["count_flops"]
+__all__ = ["count_flops", "flop_stats"]
 
 
 def count_flops(label: str, model: nn.Module, example: ExampleInput) -> FlopStats:
-    from fvcore.nn import FlopCountAnalysis
+    return flop_stats(label, model, count_macs(model, example))
 
-    # fvcore logs a warning per unsupported op; they are recorded in the result instead.
-    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        analysis = FlopCountAnalysis(model, example.args)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        total = int(analysis.total())
-        by_module = {name: int(count) for name, count in analysis.by_module().items() if name}
-        unsupported = {str(op): int(n) for op, n in analysis.unsupported_ops().items()}
+
+def flop_stats(label: str, model: nn.Module, count: MacCount) -> FlopStats:
     return FlopStats(
         label=label,
-        input_shape=list(example.shape),
-        macs=total,
+        input_shape=count.input_shape,
+        macs=count.total,
         params=sum(p.numel() for p in model.parameters()),
-        macs_by_layer=by_module,
-        unsupported_ops=unsupported,
+        macs_by_layer={name: macs for name, macs in count.own_by_module.items() if name and macs},
+        unsupported_ops=dict(sorted(count.uncounted_ops.items(), key=lambda item: -item[1])),
+        macs_per_sample=count.per_sample,
     )

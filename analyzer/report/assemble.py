@@ -8,7 +8,8 @@ import torch
 
 from ..tensors.layers import Layer
 from ..passes.context import PassContext
-from ..model.macs import model_macs
+from ..profile.diagnose import withheld
+from ..model.threads import ANALYSIS_THREADS
 from .model import Finding, LayerRow, Report, Source, Summary
 from .verdict import verdict
 
@@ -30,9 +31,11 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
         findings={s: sum(1 for f in findings if f.severity.value == s) for s in ("error", "warning", "info")},
     )
     model = ctx.model
-    if model is not None and model.trace.ok:
-        summary.macs = model_macs(model.module, model.trace)
+    if model is not None and model.trace.ok and model.macs is not None:
+        summary.macs = model.macs.per_sample  # the one count (model/macs.py) the profile and the plugin use too
         summary.macs_input_shape = list(model.example_input.shape)
+    if model is not None:
+        summary.run_threads = ANALYSIS_THREADS
     source = Source(
         path=str(checkpoint.path),
         format=checkpoint.format,
@@ -45,6 +48,8 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
         metadata=dict(checkpoint.metadata),
         shards=list(checkpoint.shards),
     )
+    if ctx.profile is not None:  # a rule that drew no conclusion from the measurements says why
+        not_analysed = list(not_analysed) + [f"profile diagnosis: {kind} not decided: {why}" for kind, why in withheld(ctx.profile).items()]
     notes = list(checkpoint.notes) + list(ctx.build.notes) + shared_notes
     if checkpoint.other_weight_keys:
         notes.append(

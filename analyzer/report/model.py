@@ -150,6 +150,8 @@ class Summary:
     #: Multiply-accumulates per sample of conv/linear layers on the example input (runnable models).
     macs: int | None = None
     macs_input_shape: list[int] | None = None
+    #: Intra-op threads the model was run with for the analysis (None: it was not run).
+    run_threads: int | None = None
     #: Parameters whose tensors carry no data (meta tensors): not counted as zero or non-zero.
     params_without_data: int = 0
 

@@ -104,7 +104,8 @@ def _header(report: Report) -> RenderableType:
     grid.add_row("params", params)
     if summary.macs is not None:
         shape = "×".join(map(str, summary.macs_input_shape or []))
-        grid.add_row("MACs", f"{summary.macs:,} per sample in conv and linear layers, on {shape}")
+        threads = f", run on {summary.run_threads} thread{'s' if summary.run_threads != 1 else ''}" if summary.run_threads else ""
+        grid.add_row("MACs", f"{summary.macs:,} per sample on {shape}{threads}")
     if source.placeholders:
         grid.add_row("placeholders", ", ".join(source.placeholders))
     return Panel(grid, title="analyze", title_align="left", box=box.ROUNDED)

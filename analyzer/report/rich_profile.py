@@ -1,4 +1,5 @@
-"""Profile tables: latency with its spread, FLOPs, where the time goes, NVML, the machine."""
+"""Profile tables: how it was measured and what is not to be trusted, latency with its spread
+and the speedup's interval, MACs, where the time goes, NVML, the machine."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ _MAX_PROFILE_LAYERS = 15
 def profile_renderables(profile: ProfileResult) -> list[RenderableType]:
     env = profile.environment
     parts: list[RenderableType] = []
-    setting = f"{env.device} ({env.device_name}), {env.threads} threads, timer {env.timer}, {env.warmup_runs} warm-up runs"
+    threads = f"{env.threads} thread{'s' if env.threads != 1 else ''}" + (f" of {env.cores} cores" if env.cores else "")
+    setting = f"{env.device} ({env.device_name}), {threads}, timer {env.timer}, {env.warmup_runs} warm-up runs"
     if env.cudnn_benchmark is not None:
         setting += f", cudnn.benchmark={env.cudnn_benchmark}"
     parts.append(Text.assemble(("profile: ", "bold"), setting))
     parts += [Text(f"  {line}", style="dim") for line in [env.nvml_status, *env.notes] if line]
+    if env.oversubscribed:
+        parts.append(Text("  the machine was oversubscribed while profiling (see above)", style="yellow"))
+    parts += [Text(f"  not trusted ({flag.scope}): {flag.reason}", style="yellow") for flag in profile.flags]
     parts += [_latency_table(profile), _flops_table(profile), _layer_table(profile)]
     if profile.nvml:
         parts.append(_nvml_line(profile))
@@ -43,46 +48,50 @@ def profile_renderables(profile: ProfileResult) -> list[RenderableType]:
 def _latency_table(profile: ProfileResult) -> RenderableType:
     rows = []
     for stats in sorted(profile.latency, key=lambda s: (s.batch, s.label)):
-        dense = profile.median("dense", stats.batch)
-        speedup = f"{dense / stats.median_ms:.2f}×" if stats.label == "pruned" and dense else ""
+        estimate = profile.speedup(stats.batch) if stats.label == "pruned" else None
+        speedup = ""
+        if estimate is not None:
+            speedup = f"{estimate.value:.2f}×" + (f" ({estimate.low:.2f}–{estimate.high:.2f})" if estimate.high > estimate.low else "")
         samples = f"{len(stats.samples_ms)}" + (f" × {stats.calls_per_sample}" if stats.calls_per_sample > 1 else "")
         label = stats.label if "dense" in profile.flops else "model"
         label += " (noisy)" if stats.noisy else ""
         rows.append([str(stats.batch), label, f"{stats.median_ms:.3f}", f"{stats.iqr_ms:.3f}", f"{stats.p90_ms:.3f}", samples, speedup])
     headers = ("batch", "model", "median ms", "IQR ms", "p90 ms", "samples", "speedup")
-    wide = TableSpec([Column(h, "left" if h == "model" else "right", key=h == "model") for h in headers], rows, title="latency")
+    caption = "speedup: median of per-round ratios (95% interval)" if "dense" in profile.flops else None
+    wide = TableSpec(
+        [Column(h, "left" if h == "model" else "right", key=h == "model") for h in headers], rows, title="latency", caption=caption
+    )
     keep = (0, 1, 2, 3, 6)
-    narrow = TableSpec([wide.columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title="latency")
+    narrow = TableSpec(
+        [wide.columns[i] for i in keep], [[row[i] for i in keep] for row in rows], title="latency", caption=caption
+    )
     return Fitted(wide, narrow)
 
 
 def _flops_table(profile: ProfileResult) -> RenderableType:
+    shapes = {"×".join(map(str, f.input_shape)) for f in profile.flops.values()}
     rows = []
     for label, flops in profile.flops.items():
-        uncounted = ", ".join(f"{op}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
+        uncounted = ", ".join(f"{op.removeprefix('aten::')}×{n}" for op, n in list(flops.unsupported_ops.items())[:4])
         rows.append([label if "dense" in profile.flops else "model", f"{flops.macs:,}", f"{flops.params:,}", uncounted])
-    columns = [Column("model", key=True), Column("MACs", "right"), Column("params", "right"), Column("not counted by fvcore", wrap=True)]
-    title = "FLOPs (fvcore, every op it knows; one multiply-add counts once)"
+    columns = [Column("model", key=True), Column("MACs", "right"), Column("params", "right"), Column("ops without MACs", wrap=True)]
+    title = f"MACs on {', '.join(sorted(shapes))} (conv, linear, matmul, attention)"
     return Fitted(TableSpec(columns, rows, title=title))
 
 
 def _layer_table(profile: ProfileResult) -> RenderableType:
     which = "pruned model" if "dense" in profile.flops else "model"
     title = f"where the time goes ({which})"
-    captions = []
-    if profile.fixed_cost_share is not None:
-        captions.append(f"{profile.fixed_cost_share:.0%} of the layer time is fixed per-op cost")
-    if profile.unpruned_time_share is not None:
-        captions.append(f"{profile.unpruned_time_share:.0%} is in layers the pruning did not touch")
-    caption = "; ".join(captions) or None
+    caption = "; ".join(_layer_captions(profile)) or None
     wide_rows, narrow_rows = [], []
     for layer in sorted(profile.layers, key=lambda l: -l.time_ms)[:_MAX_PROFILE_LAYERS]:
         pruned = "" if layer.pruned is None else ("yes" if layer.pruned else "no")
         fixed = f"{layer.fixed_ms / layer.time_ms:.0%}" if layer.time_ms else ""
+        kind = layer.type + (" (own ops)" if layer.own_ops else "")
         numbers = [f"{layer.time_ms:.3f}", f"{layer.share:.1%}", fixed]
         tail = [f"{layer.intensity:.2g}", layer.bound, pruned]
-        wide_rows.append([layer.name, layer.type, *numbers, f"{layer.macs:,}", *tail])
-        named = Text.assemble(layer.name, "\n", (layer.type, "dim"))
+        wide_rows.append([layer.name, kind, *numbers, f"{layer.macs:,}", *tail])
+        named = Text.assemble(layer.name, "\n", (kind, "dim"))
         narrow_rows.append([named, *numbers, short_number(layer.macs), *tail])
     headers = ("ms", "share", "fixed", "MACs", "FLOP/B")
     wide = TableSpec(
@@ -94,6 +103,28 @@ def _layer_table(profile: ProfileResult) -> RenderableType:
         narrow_rows, title=title, caption=caption,
     )
     return Fitted(wide, narrow)
+
+
+def _layer_captions(profile: ProfileResult) -> list[str]:
+    captions = []
+    if profile.fixed_cost_share is not None:
+        captions.append(f"{profile.fixed_cost_share:.0%}{_interval(profile.fixed_cost_share_interval)} of the layer time is fixed per-op cost")
+    if profile.memory_bound_share is not None:
+        captions.append(f"{profile.memory_bound_share:.0%}{_interval(profile.memory_bound_share_interval)} is in memory-bound layers")
+    if profile.unpruned_time_share is not None:
+        captions.append(f"{profile.unpruned_time_share:.0%} is in layers the pruning did not touch")
+    check = profile.layer_check
+    if check is not None:
+        captions.append(f"the layers add up to {check.ratio:.0%} of the end-to-end latency")
+    if profile.layer_iterations:
+        captions.append(f"medians of {profile.layer_iterations} passes")
+    return captions
+
+
+def _interval(bounds: list[float] | None) -> str:
+    if not bounds or bounds[0] == bounds[1]:
+        return ""
+    return f" ({bounds[0]:.0%}–{bounds[1]:.0%})"
 
 
 def _nvml_line(profile: ProfileResult) -> Text:
