@@ -12,12 +12,15 @@ from typing import Any
 
 import torch.nn as nn
 
-from .model import BuildOptions, build, parse_input_shape, rebuild_pruned
+from .model import Build, BuildOptions, build, parse_input_shape, rebuild_pruned
+from .model.graph import GraphTrace
+from .model.trace import run_traced
 from .compact import compact
 from .errors import UsageError
 from .tensors.layers import build_layers
-from .load import LoadOptions, load_checkpoint
-from .load.limits import Limits, enforced, limits_for
+from .load import Checkpoint, LoadOptions, load_checkpoint
+from .load.limits import forward_limits
+from .model.bounded_run import BoundedFirstRun
 from .passes import AnalysisOptions, PassContext, run_passes
 from .profile import ProfileOptions, ProfileResult, profile_models
 from .progress import NullProgress, Progress
@@ -66,13 +69,16 @@ def analyze(
     with progress.stage(f"reading {Path(path).name}"):
         checkpoint = load_checkpoint(Path(path), load_options)
     build_options = BuildOptions(arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape)
-    with progress.stage("building and running the model"), _memory_bounded(checkpoint.file_size, checkpoint.path):
-        built = build(checkpoint, build_options, load_options)
+    first_run = _memory_bounded(checkpoint)
+    with progress.stage("building and running the model"):
+        built = build(checkpoint, build_options, load_options, first_run or run_traced)
+        _check_baseline_runs(built, checkpoint.file_size)
     ctx = PassContext(
         checkpoint=checkpoint,
         layers=build_layers(checkpoint),
         options=AnalysisOptions(zero_tol=zero_tol),
         build=built,
+        _graph=_graph_from_the_check(built, first_run),
     )
     with progress.stage("scanning layers", total=len(ctx.layers)) as advance:
         for layer in ctx.layers:
@@ -82,12 +88,12 @@ def analyze(
         options = profile_options or ProfileOptions(device=device, batches=tuple(batches))
         with progress.stage("profiling"):
             ctx.profile, ctx.profile_skipped = _profile(ctx, options)
-    with progress.stage("checking"), _memory_bounded(checkpoint.file_size, checkpoint.path):
+    with progress.stage("checking"):
         findings, not_analysed = run_passes(ctx)
     report = build_report(ctx, findings, not_analysed)
     report.profile = ctx.profile.to_dict() if ctx.profile else None
     if compact_to is not None:
-        with progress.stage("compacting"), _memory_bounded(checkpoint.file_size, checkpoint.path):
+        with progress.stage("compacting"):
             report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, findings).to_dict()
     return report
 
@@ -105,15 +111,36 @@ def _compact(
     return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured, len(ctx.checkpoint.masks))
 
 
-def _memory_bounded(file_size: int, path: Path) -> Any:
-    """Running a model from a file is bounded like reading it: its layers' attributes come
-    from the file too (a crafted Upsample factor or padding must fail, not exhaust memory).
-    Memory only: a large model may legitimately take long; CUDA (profiling) is never under it."""
-    limits = limits_for(file_size)
-    return enforced(Limits(memory_bytes=(limits.memory_bytes or 0) + 2 * _GB, seconds=None), path)
+def _memory_bounded(checkpoint: Checkpoint) -> BoundedFirstRun | None:
+    """Running a model whose layers come from the file is bounded like reading it (a crafted
+    Upsample factor or padding must fail, not exhaust memory): its first run on each example
+    input happens in a bounded child (model/bounded_run.py), never under a process-wide limit.
+    A model built by the --arch factory from the file's shapes alone needs no such check."""
+    if checkpoint.runnable or checkpoint.tp_state is not None:
+        return BoundedFirstRun(forward_limits(checkpoint.file_size))
+    return None
 
 
-_GB = 1 << 30
+def _graph_from_the_check(built: Build, first_run: BoundedFirstRun | None) -> list[GraphTrace | None]:
+    """The op-by-op trace the bounded child computed for a failed first run: the passes use it
+    instead of running the failed model again here (an empty list: computed when needed)."""
+    if first_run is None or built.model is None or built.model.trace.ok:
+        return []
+    checked, graph = first_run.checked_graph(built.model.example_input)
+    return [graph] if checked else []
+
+
+def _check_baseline_runs(built: Build, file_size: int) -> None:
+    """A runnable --baseline checkpoint's own module comes from a file too: it is only kept
+    as the dense reference if its run on the example input stays within the bounds."""
+    reference, model = built.reference, built.model
+    if reference is None or reference.module is None or model is None or not reference.source.startswith("--baseline"):
+        return
+    trace = BoundedFirstRun(forward_limits(file_size))(reference.module, model.example_input)
+    failure = trace.failure
+    if failure is not None and failure.module == "" and failure.exception_type in ("MemoryError", "TimeoutError", "Crash"):
+        reference.module = None
+        built.notes.append(f"the --baseline model was not run: {failure.message}")
 
 
 def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult | None, str | None]:

@@ -88,7 +88,14 @@ class Build:
     notes: list[str] = field(default_factory=list)
 
 
-def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptions = LoadOptions()) -> Build:
+#: Runs a model once on an example input and records the trace (run_traced, or a bounded check of it).
+Runner = Callable[[nn.Module, ExampleInput], Trace]
+
+
+def build(
+    checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptions = LoadOptions(), run: Runner = run_traced
+) -> Build:
+    """`run` performs the example runs (the caller bounds those of a model whose layers come from the file)."""
     result = Build()
     dense = build_dense(options.arch) if options.arch else None
     result.reference = _reference(options, load_options, dense)
@@ -97,7 +104,7 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
     try:
         module, origin = _runnable_module(checkpoint, dense, result)
         if module is not None:
-            example, trace = _run_example(module, options, checkpoint)
+            example, trace = _run_example(module, options, checkpoint, run)
             result.model = Model(module, example, origin, trace)
             if options.input_shape is None:
                 result.notes.append(f"example input {example.describe()} inferred from the first layer (set --input-shape)")
@@ -199,19 +206,19 @@ def _load_strict(model: nn.Module, checkpoint: Checkpoint) -> None:
 _FALLBACK_SIZES = (32, 64, 128, 256, 512, 16, 8, 28, 96, 112, 299, 320, 640)
 
 
-def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> tuple[ExampleInput, Trace]:
+def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint, run: Runner) -> tuple[ExampleInput, Trace]:
     """The example input and the model's trace on it. An inferred input is retried at other
     spatial sizes before a failure counts; the first size that runs wins."""
     shape = options.input_shape or default_input_shape(module)
     if shape is None:
         raise UsageError(f"{checkpoint.path}: cannot infer an example input for this model; pass --input-shape")
     example = random_input(module, shape)
-    trace = run_traced(module, example)
+    trace = run(module, example)
     if trace.ok or options.input_shape is not None or len(shape) < 3:
         return example, trace
     for size in _FALLBACK_SIZES:
         candidate = random_input(module, (*shape[:-2], size, size) if len(shape) == 4 else (*shape[:-1], size))
-        retry = run_traced(module, candidate)
+        retry = run(module, candidate)
         if retry.ok:
             return candidate, retry
     return example, trace
