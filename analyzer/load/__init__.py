@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import InputError
 from .checkpoint import Checkpoint, DictTensorStore, MaskPair, TensorStore
 from .extract import describe, extract_weights, find_masks
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 _GB = 1 << 30
+#: Values a file's tensors may claim, as a multiple of its size (tied and overlapping views).
+_CLAIM_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,17 @@ def _load_file(path: Path, options: LoadOptions) -> Checkpoint:
     else:
         limits = limits_for(identity[2], count_records(path, fmt), options.memory_limit, options.time_limit)
         description = _bounded(lambda: _read_in_child(path, fmt, options), limits, path)
+        _check_unchanged(path, identity)  # what the child proved is about this very file
         checkpoint = rebuild_checkpoint(path, description) if description is not None else None
         if checkpoint is None:
             checkpoint = _read_checkpoint(path, fmt, options)  # the child showed it fits its limits
+    _check_unchanged(path, identity)
+    return checkpoint
+
+
+def _check_unchanged(path: Path, identity: tuple[int, int, int, int]) -> None:
     if _identity(path) != identity:
         raise InputError(f"{path}: the file changed while it was being read; refused (analyse it once nothing writes to it)")
-    return checkpoint
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -122,9 +131,32 @@ def _child_detail(error: BoundedRunFailed) -> BoundedRunFailed:
 
 def _read_checkpoint(path: Path, fmt: Format, options: LoadOptions) -> Checkpoint:
     if fmt is Format.SAFETENSORS:
-        return _load_safetensors(path)
+        return _load_safetensors(path)  # safetensors itself checks that tensors cover the file exactly
     raw = _read(path, fmt, options)
-    return _checkpoint_from_raw(path, fmt, raw, options)
+    checkpoint = _checkpoint_from_raw(path, fmt, raw, options)
+    _check_claimed_values(checkpoint)
+    return checkpoint
+
+
+def _check_claimed_values(checkpoint: Checkpoint) -> None:
+    """Tensors read from a file are views of its bytes. Views claiming far more values than
+    it holds (a stride-0 view of 2**40 elements over one float) would make every later scan
+    of them unbounded: refused here, while the read is still bounded."""
+    limit = _CLAIM_FACTOR * checkpoint.file_size + _GB
+    claimed = 0
+    for tensor in checkpoint.tensors.values():
+        if tensor.is_meta:
+            continue
+        if tensor.layout is not torch.strided:
+            values = tensor._values() if tensor.layout is torch.sparse_coo else tensor.values()
+            claimed += values.numel() * values.dtype.itemsize
+        elif not tensor.is_nested:
+            claimed += tensor.numel() * tensor.dtype.itemsize
+        if claimed > limit:
+            raise InputError(
+                f"{checkpoint.path}: its tensors claim more than {limit / _GB:.1f} GB of values in a "
+                f"{checkpoint.file_size / _GB:.2f} GB file (views repeating the same bytes); refused"
+            )
 
 
 def _read(path: Path, fmt: Format, options: LoadOptions) -> Raw:

@@ -15,6 +15,7 @@ shares the parent's pages until it writes to them. Where fork does not exist (Wi
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import math
 import os
@@ -47,6 +48,8 @@ _EXIT_OK, _EXIT_FAILED = 0, 3
 #: Bytes of the child's stderr kept for --debug.
 _STDERR_TAIL = 4000
 _IN_CHILD = False
+#: How torch's CPU allocator says that an allocation was refused.
+_ALLOCATION_FAILED = "can't allocate memory"
 
 
 @dataclass(frozen=True)
@@ -159,17 +162,11 @@ def _child(step: Callable[[], Any], limits: ChildLimits, result_fd: int, stderr_
         # file the parent keeps for --debug, never into the caller's terminal or captures.
         os.dup2(stderr_fd, 1)
         os.dup2(stderr_fd, 2)
+        faulthandler.disable()  # it may write to a copy of the caller's stderr (pytest's does)
         _set_own_limits(limits)
         _single_threaded()
-        try:
-            outcome: dict[str, Any] = {"ok": step()}
-            code = _EXIT_OK
-        except errors.AnalyzerError as e:
-            outcome = {"analyzer_error": type(e).__name__, "message": str(e)}
-        except MemoryError:
-            outcome = {"memory_error": True}
-        except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
-            outcome = {"raised": type(e).__name__, "message": str(e)[:2000], "traceback": traceback.format_exc()[-_STDERR_TAIL:]}
+        outcome = _outcome(step)
+        code = _EXIT_OK if "ok" in outcome else _EXIT_FAILED
         try:
             data = json.dumps(outcome, allow_nan=False).encode()
         except (TypeError, ValueError) as e:
@@ -180,6 +177,19 @@ def _child(step: Callable[[], Any], limits: ChildLimits, result_fd: int, stderr_
         code = _EXIT_FAILED
     finally:
         os._exit(code)
+
+
+def _outcome(step: Callable[[], Any]) -> dict[str, Any]:  # pragma: no cover - child only
+    try:
+        return {"ok": step()}
+    except errors.AnalyzerError as e:
+        return {"analyzer_error": type(e).__name__, "message": str(e)}
+    except MemoryError:
+        return {"memory_error": True}
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+        if isinstance(e, RuntimeError) and _ALLOCATION_FAILED in str(e):
+            return {"memory_error": True}  # torch's allocator refused: the address-space limit
+        return {"raised": type(e).__name__, "message": str(e)[:2000], "traceback": traceback.format_exc()[-_STDERR_TAIL:]}
 
 
 def _set_own_limits(limits: ChildLimits) -> None:  # pragma: no cover - child only

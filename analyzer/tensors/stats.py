@@ -105,6 +105,9 @@ def _count(tensor: torch.Tensor, zero_tol: float) -> tuple[int, int]:
     if dtype in _SIGNED_VIEW:
         tensor = tensor.view(_SIGNED_VIEW[dtype])
     floating = dtype.is_floating_point or dtype.is_complex
+    if tensor.numel() <= chunk and zero_tol == 0:  # most tensors of a checkpoint: no chunking to do
+        nonzero = int(torch.count_nonzero(tensor))
+        return nonzero, (_nonfinite(tensor) if floating and not _sum_is_finite(tensor) else 0)
     nonzero = nonfinite = 0
     for part in iter_chunks(tensor, chunk):
         if zero_tol > 0 and floating:
@@ -148,8 +151,8 @@ def _sum_is_finite(part: torch.Tensor) -> bool:
         return True
     if part.dtype in (torch.float16, torch.bfloat16):
         low, high = torch.aminmax(part)
-        return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
-    return bool(torch.isfinite(part.sum()))
+        return math.isfinite(low.item()) and math.isfinite(high.item())
+    return math.isfinite(part.sum().item())
 
 
 def _nonfinite(part: torch.Tensor) -> int:
