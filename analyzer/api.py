@@ -8,25 +8,26 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
 from .model import Build, BuildOptions, build, parse_input_shape, rebuild_pruned
 from .model.graph import GraphTrace
 from .model.trace import run_traced
-from .compact import compact
 from .errors import UsageError
 from .tensors.layers import build_layers
 from .load import Checkpoint, LoadOptions, load_checkpoint
 from .load.limits import forward_limits
 from .model.bounded_run import BoundedFirstRun
 from .passes import AnalysisOptions, PassContext, run_passes
-from .profile import ProfileOptions, ProfileResult, profile_models
 from .progress import NullProgress, Progress
 from .report.assemble import build_report
-from .compact.result import CompactionResult
 from .report.model import Finding, Report
+
+if TYPE_CHECKING:  # imported where used: a static analysis needs neither
+    from .compact.result import CompactionResult
+    from .profile import ProfileOptions, ProfileResult
 
 __all__ = ["analyze", "load_pruned"]
 
@@ -85,6 +86,8 @@ def analyze(
             ctx.scan(layer)
             advance(1)
     if profile:
+        from .profile import ProfileOptions
+
         options = profile_options or ProfileOptions(device=device, batches=tuple(batches))
         with progress.stage("profiling"):
             ctx.profile, ctx.profile_skipped = _profile(ctx, options)
@@ -101,6 +104,8 @@ def analyze(
 def _compact(
     ctx: PassContext, output: Path, input_path: Path, arch: str | None, round_to: int | None, findings: list[Finding]
 ) -> CompactionResult:
+    from .compact import compact
+
     model = ctx.model
     if model is None:
         raise UsageError("--compact needs a runnable model: a full-model checkpoint, or --arch for a state dict")
@@ -151,6 +156,8 @@ def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult |
         return None, "the model fails on its example input, so it cannot be timed"
     reference = ctx.matching_reference
     dense = reference.module if reference is not None else None
+    from .profile import profile_models
+
     result = profile_models(model.module, dense, model.example_input, options, _pruned_layers(ctx))
     return result, None
 

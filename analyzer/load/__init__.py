@@ -125,8 +125,7 @@ def _limit_message(error: LimitExceeded) -> str:
 
 def _child_detail(error: BoundedRunFailed) -> BoundedRunFailed:
     # --debug prints the chain: the child's own traceback or last words on stderr.
-    detail = BoundedRunFailed(str(error) + ("\n" + error.child_stderr if error.child_stderr else ""))
-    return detail
+    return BoundedRunFailed(str(error) + ("\n" + error.child_stderr if error.child_stderr else ""))
 
 
 def _read_checkpoint(path: Path, fmt: Format, options: LoadOptions) -> Checkpoint:
@@ -145,12 +144,12 @@ def _check_claimed_values(checkpoint: Checkpoint) -> None:
     limit = _CLAIM_FACTOR * checkpoint.file_size + _GB
     claimed = 0
     for tensor in checkpoint.tensors.values():
-        if tensor.is_meta:
+        if tensor.is_meta or tensor.is_nested:
             continue
         if tensor.layout is not torch.strided:
             values = tensor._values() if tensor.layout is torch.sparse_coo else tensor.values()
             claimed += values.numel() * values.dtype.itemsize
-        elif not tensor.is_nested:
+        else:
             claimed += tensor.numel() * tensor.dtype.itemsize
         if claimed > limit:
             raise InputError(

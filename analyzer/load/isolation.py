@@ -68,7 +68,7 @@ class ChildLimits:
             return self.wall_seconds
         if self.cpu_seconds is None:
             return None
-        return 120.0 + 20.0 * self.cpu_seconds
+        return 60.0 + 5.0 * self.cpu_seconds
 
 
 class BoundedRunFailed(Exception):
@@ -163,6 +163,7 @@ def _child(step: Callable[[], Any], limits: ChildLimits, result_fd: int, stderr_
         os.dup2(stderr_fd, 1)
         os.dup2(stderr_fd, 2)
         faulthandler.disable()  # it may write to a copy of the caller's stderr (pytest's does)
+        warnings.simplefilter("ignore")  # nobody reads them, and writing takes the stream's lock
         _set_own_limits(limits)
         _single_threaded()
         outcome = _outcome(step)
@@ -202,7 +203,8 @@ def _set_own_limits(limits: ChildLimits) -> None:  # pragma: no cover - child on
     if limits.cpu_seconds is not None:
         # SIGPROF (CPU time of every thread, to the microsecond) ends the child at the budget;
         # RLIMIT_CPU (whole seconds) is the backstop should the timer signal be blocked.
-        signal.signal(signal.SIGPROF, signal.SIG_DFL)
+        with contextlib.suppress(ValueError, OSError):  # a profiler's handler must not catch it
+            signal.signal(signal.SIGPROF, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_PROF, max(limits.cpu_seconds, 1e-4))
         backstop = math.ceil(limits.cpu_seconds) + 2
         _lower_limit(resource, resource.RLIMIT_CPU, backstop, hard=backstop + 2)

@@ -13,9 +13,9 @@ making it any more suspicious.
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 from .isolation import ChildLimits
 from .sniff import Format
@@ -69,7 +69,8 @@ def count_records(path: Path, fmt: Format) -> int:
     try:
         with open(path, "rb") as f:
             if fmt in (Format.TORCH_ZIP, Format.TORCHSCRIPT):
-                return _zip_entries(f, size) + _first_entry_size(f, size) // _PICKLE_BYTES_PER_RECORD
+                entries, first_entry = _zip_directory(f, size)
+                return entries + first_entry // _PICKLE_BYTES_PER_RECORD
             if fmt is Format.SAFETENSORS:
                 (header,) = struct.unpack("<Q", f.read(8))
                 return min(header, size) // _PICKLE_BYTES_PER_RECORD
@@ -78,32 +79,30 @@ def count_records(path: Path, fmt: Format) -> int:
     return size // _PICKLE_BYTES_PER_RECORD
 
 
-def _zip_entries(f: os.PathLike[str] | object, size: int) -> int:
-    """Entry count of the end-of-central-directory record (zip64's when it says 0xFFFF)."""
+def _zip_directory(f: BinaryIO, size: int) -> tuple[int, int]:
+    """(entry count, stored size of the first entry) from the end-of-central-directory
+    record (zip64's when it says so) and the first central-directory record: torch.save
+    writes data.pkl first, and its local header leaves the sizes to a data descriptor."""
     tail_size = min(size, 22 + 0xFFFF)
-    f.seek(size - tail_size)  # type: ignore[attr-defined]
-    tail = f.read(tail_size)  # type: ignore[attr-defined]
+    f.seek(size - tail_size)
+    tail = f.read(tail_size)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + 22 > len(tail):
-        return 0
-    entries = struct.unpack_from("<H", tail, at + 10)[0]
-    if entries == 0xFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
+        return 0, 0
+    entries, directory = struct.unpack_from("<H", tail, at + 10)[0], struct.unpack_from("<I", tail, at + 16)[0]
+    if (entries == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
         (zip64_at,) = struct.unpack_from("<Q", tail, at - 12)
         if 0 <= zip64_at <= size - 56:
-            f.seek(zip64_at)  # type: ignore[attr-defined]
-            record = f.read(56)  # type: ignore[attr-defined]
+            f.seek(zip64_at)
+            record = f.read(56)
             if record[:4] == b"PK\x06\x06":
-                entries = struct.unpack_from("<Q", record, 32)[0]
-    return min(entries, size // 30)  # a local header alone is 30 bytes
-
-
-def _first_entry_size(f: object, size: int) -> int:
-    """Stored size of the archive's first entry (torch.save writes data.pkl first)."""
-    f.seek(0)  # type: ignore[attr-defined]
-    header = f.read(30)  # type: ignore[attr-defined]
-    if len(header) < 30 or header[:4] != b"PK\x03\x04":
-        return 0
-    compressed, uncompressed = struct.unpack_from("<II", header, 18)
-    if compressed == 0xFFFFFFFF:  # zip64: the sizes are in the extra field, bound them by the file
-        return size
-    return min(max(compressed, uncompressed), size)
+                entries, directory = struct.unpack_from("<QQ", record, 32)[0], struct.unpack_from("<Q", record, 48)[0]
+    entries = min(entries, size // 30)  # a local header alone is 30 bytes
+    first = 0
+    if 0 <= directory <= size - 46:
+        f.seek(directory)
+        record = f.read(46)
+        if record[:4] == b"PK\x01\x02":
+            compressed, uncompressed = struct.unpack_from("<II", record, 20)
+            first = size if 0xFFFFFFFF in (compressed, uncompressed) else min(max(compressed, uncompressed), size)
+    return entries, first

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from ..errors import InputError
 from .checkpoint import TensorStore
@@ -47,6 +46,8 @@ class SafetensorsStore(TensorStore):
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self._path = path
+        from safetensors import safe_open  # only for safetensors files
+
         self._header = {k: v for k, v in header.items() if k != "__metadata__"}
         self._handle = safe_open(str(path), framework="pt", device="cpu")
 
