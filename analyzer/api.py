@@ -5,6 +5,7 @@ load → layers → passes → report, in one direction. The CLI is a thin layer
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +16,11 @@ import torch.nn as nn
 from .model import Build, BuildOptions, build, parse_input_shape, rebuild_pruned
 from .model.graph import GraphTrace
 from .model.trace import run_traced
-from .errors import UsageError
-from .tensors.layers import build_layers
+from .errors import InputError, UsageError
+from .tensors.layers import Layer, build_layers
 from .load import Checkpoint, LoadOptions, load_checkpoint
-from .load.limits import forward_limits
+from .load.isolation import ChildCrashed, ChildRaised, LimitExceeded, isolation_available, run_bounded
+from .load.limits import forward_limits, limits_for
 from .model.bounded_run import BoundedFirstRun
 from .passes import AnalysisOptions, PassContext, run_passes
 from .progress import NullProgress, Progress
@@ -81,10 +83,8 @@ def analyze(
         build=built,
         _graph=_graph_from_the_check(built, first_run),
     )
-    with progress.stage("scanning layers", total=len(ctx.layers)) as advance:
-        for layer in ctx.layers:
-            ctx.scan(layer)
-            advance(1)
+    with progress.stage("scanning layers"):
+        _scan(ctx)
     if profile:
         from .profile import ProfileOptions
 
@@ -114,6 +114,37 @@ def _compact(
     unstructured = next((f.evidence.get("sparsity_overall") for f in findings if f.kind == "unstructured-sparsity"), None)
     recipe = arch if model.origin != "checkpoint" else None
     return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured, len(ctx.checkpoint.masks))
+
+
+def _scan(ctx: PassContext) -> None:
+    """Every tensor's statistics and every layer's zero pattern, one pass over each tensor.
+
+    Layers with a tensor large enough for torch to split its kernels across threads are
+    scanned by a bounded child, single-threaded (parallel kernels spin-wait on a busy
+    machine, costing many times the work in CPU time) and under the limits of reading;
+    only the results come back, and this process never pages those bytes in. The small
+    rest runs single-threaded anyway: it is scanned here, sparing the round trip."""
+    heavy = [layer for layer in ctx.layers if _largest_tensor(ctx, layer) > _PARALLEL_ELEMENTS]
+    if heavy and isolation_available():
+        path = ctx.checkpoint.path
+        try:
+            ctx.adopt_scan(run_bounded(lambda: ctx.scan_all(heavy), limits_for(ctx.checkpoint.file_size)))
+        except LimitExceeded as e:
+            raise InputError(f"{path}: scanning its tensors exceeded the {e.resource} limit; refused (a crafted file)") from e
+        except ChildCrashed as e:
+            raise InputError(f"{path}: scanning its tensors crashed ({e.signal_name}); refused (a crafted or damaged file)") from e
+        except ChildRaised as e:
+            raise InputError(f"{path}: its tensors could not be scanned ({e.type_name}: {' '.join(e.message.split())[:200]})") from e
+    for layer in ctx.layers:
+        ctx.scan(layer)  # what the child scanned is cached: this does the rest
+
+
+#: torch's grain size: kernels on fewer elements run on the calling thread alone.
+_PARALLEL_ELEMENTS = 1 << 15
+
+
+def _largest_tensor(ctx: PassContext, layer: Layer) -> int:
+    return max((math.prod(ctx.checkpoint.meta(name)[0]) for name in (*layer.params.values(), *layer.buffers.values())), default=0)
 
 
 def _memory_bounded(checkpoint: Checkpoint) -> BoundedFirstRun | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -11,7 +12,15 @@ from ..model.graph import GraphTrace, trace_graph
 from ..tensors.layers import Layer
 from ..load import Checkpoint
 from ..profile.result import ProfileResult
-from ..tensors.patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, dense_pattern, weight_pattern
+from ..tensors.patterns import (
+    BatchNormPattern,
+    WeightPattern,
+    batchnorm_pattern,
+    dense_pattern,
+    pattern_from_dict,
+    pattern_to_dict,
+    weight_pattern,
+)
 from ..tensors.stats import TensorStats, tensor_stats
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
@@ -69,6 +78,21 @@ class PassContext:
         for name in (*layer.params.values(), *layer.buffers.values()):
             self.stats(name)
         self.pattern(layer)
+
+    def scan_all(self, layers: list[Layer] | None = None) -> dict[str, Any]:
+        """scan() every layer (or those given); what that computed as plain data, for adopt_scan()."""
+        for layer in self.layers if layers is None else layers:
+            self.scan(layer)
+        return {
+            "stats": {name: stats.to_dict() for name, stats in self._stats.items()},
+            "patterns": {name: pattern_to_dict(pattern) for name, pattern in self._patterns.items()},
+        }
+
+    def adopt_scan(self, scanned: dict[str, Any]) -> None:
+        """Take over what scan_all() computed for the same checkpoint and options elsewhere
+        (in a bounded child process)."""
+        self._stats.update({name: TensorStats.from_dict(stats) for name, stats in scanned["stats"].items()})
+        self._patterns.update({name: pattern_from_dict(pattern) for name, pattern in scanned["patterns"].items()})
 
     def pattern(self, layer: Layer) -> WeightPattern | BatchNormPattern | None:
         """Zero pattern of a Conv/Linear weight or of a BatchNorm's scale and shift; None for others."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,6 +26,8 @@ __all__ = [
     "UNSTRUCTURED_MIN",
     "zero_mask",
     "code_tables",
+    "pattern_to_dict",
+    "pattern_from_dict",
 ]
 
 #: Element zeros below this fraction of a tensor are incidental, not pruning.
@@ -227,3 +230,18 @@ def batchnorm_pattern(scale: torch.Tensor, shift: torch.Tensor | None, zero_tol:
         dead=torch.nonzero(scale_zero & shift_zero).flatten().tolist(),
         constant=torch.nonzero(scale_zero & ~shift_zero).flatten().tolist(),
     )
+
+
+def pattern_to_dict(pattern: WeightPattern | BatchNormPattern | None) -> dict[str, Any] | None:
+    """A pattern as plain data (what a bounded child sends back), its kind included."""
+    if pattern is None:
+        return None
+    # Fields are ints and lists of ints: a shallow copy is the data (asdict's deep copy is slow).
+    return {"kind": "batchnorm" if isinstance(pattern, BatchNormPattern) else "weight", **pattern.__dict__}
+
+
+def pattern_from_dict(data: dict[str, Any] | None) -> WeightPattern | BatchNormPattern | None:
+    if data is None:
+        return None
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    return BatchNormPattern(**fields) if data["kind"] == "batchnorm" else WeightPattern(**fields)

@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,6 +51,13 @@ class TensorStats:
         if self.nonzero is None or self.numel == 0:
             return None
         return 1.0 - self.nonzero / self.numel
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)  # plain fields only: no deep copy (dataclasses.asdict) needed
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorStats:
+        return cls(**data)
 
 
 def tensor_stats(tensor: torch.Tensor, zero_tol: float = 0.0) -> TensorStats:
