@@ -124,7 +124,7 @@ def _scan(ctx: PassContext) -> None:
     machine, costing many times the work in CPU time) and under the limits of reading;
     only the results come back, and this process never pages those bytes in. The small
     rest runs single-threaded anyway: it is scanned here, sparing the round trip."""
-    heavy = [layer for layer in ctx.layers if _largest_tensor(ctx, layer) > _PARALLEL_ELEMENTS]
+    heavy = [layer for layer in ctx.layers if _main_elements(layer) > _PARALLEL_ELEMENTS]
     if heavy and isolation_available():
         path = ctx.checkpoint.path
         try:
@@ -143,8 +143,10 @@ def _scan(ctx: PassContext) -> None:
 _PARALLEL_ELEMENTS = 1 << 15
 
 
-def _largest_tensor(ctx: PassContext, layer: Layer) -> int:
-    return max((math.prod(ctx.checkpoint.meta(name)[0]) for name in (*layer.params.values(), *layer.buffers.values())), default=0)
+def _main_elements(layer: Layer) -> int:
+    """Elements of the layer's main tensor (its weight, else its first parameter): its largest
+    but in odd layers, which then cost only some CPU time here."""
+    return math.prod(layer.shape) if layer.shape is not None else 0
 
 
 def _memory_bounded(checkpoint: Checkpoint) -> BoundedFirstRun | None:
