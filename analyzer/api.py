@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
@@ -75,7 +75,7 @@ def analyze(
     first_run = _memory_bounded(checkpoint)
     with progress.stage("building and running the model"):
         built = build(checkpoint, build_options, load_options, first_run or run_traced)
-        _check_baseline_runs(built, checkpoint.file_size)
+        _check_baseline_runs(built, Path(baseline).stat().st_size if baseline else 0)
     ctx = PassContext(
         checkpoint=checkpoint,
         layers=build_layers(checkpoint),
@@ -128,15 +128,19 @@ def _scan(ctx: PassContext) -> None:
     if heavy and isolation_available():
         path = ctx.checkpoint.path
         try:
-            ctx.adopt_scan(run_bounded(lambda: ctx.scan_all(heavy), limits_for(ctx.checkpoint.file_size)))
+            ctx.adopt_scan(run_bounded(lambda: _scanned(ctx, heavy), limits_for(ctx.checkpoint.file_size)))
         except LimitExceeded as e:
             raise InputError(f"{path}: scanning its tensors exceeded the {e.resource} limit; refused (a crafted file)") from e
         except ChildCrashed as e:
             raise InputError(f"{path}: scanning its tensors crashed ({e.signal_name}); refused (a crafted or damaged file)") from e
         except ChildRaised as e:
             raise InputError(f"{path}: its tensors could not be scanned ({e.type_name}: {' '.join(e.message.split())[:200]})") from e
-    for layer in ctx.layers:
-        ctx.scan(layer)  # what the child scanned is cached: this does the rest
+    ctx.scan_all()  # what the child scanned is cached: this does the rest
+
+
+def _scanned(ctx: PassContext, layers: list[Layer]) -> dict[str, Any]:
+    ctx.scan_all(layers)
+    return ctx.scanned()
 
 
 #: torch's grain size: kernels on fewer elements run on the calling thread alone.

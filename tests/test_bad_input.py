@@ -644,3 +644,26 @@ def test_safetensors_dtype_torch_cannot_hold_is_reported(tmp_path: Path, run_cli
     assert (row.params, row.nonzero) == (20, None)
     assert any("F6_E2M3" in note for note in report.notes)
     assert run_cli(path).code == 0
+
+
+def test_small_tensors_counted_together_match_one_by_one() -> None:
+    """Many small tensors are counted in batches (stats.tensor_stats_many): every count equals
+    the tensor's own, across dtypes, empty and strided tensors, NaN, Inf and −0."""
+    from analyzer.tensors.stats import tensor_stats, tensor_stats_many
+
+    generator = torch.Generator().manual_seed(0)
+    picks = random.Random(0)
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.int8, torch.bool, torch.float8_e5m2]
+    tensors = []
+    for i in range(600):
+        values = torch.randn(picks.choice([0, 1, 7, 300, 4096, 5000]), generator=generator)
+        values[values.abs() < 0.5] = 0.0
+        values[values.abs() > 2.5] = -0.0
+        if i % 7 == 0 and values.numel():
+            values[0] = float("nan") if i % 2 else float("inf")
+        tensor = values.to(picks.choice(dtypes))
+        tensors.append(tensor[::2] if i % 5 == 0 else tensor)
+    for zero_tol in (0.0, 0.1):
+        assert tensor_stats_many(tensors, zero_tol) == [tensor_stats(t, zero_tol) for t in tensors]
+    nonzero = [int(torch.count_nonzero(t.view(torch.uint8) & 0x7F)) if t.dtype == torch.float8_e5m2 else int((t != 0).sum()) for t in tensors]
+    assert [s.nonzero for s in tensor_stats_many(tensors)] == nonzero

@@ -21,7 +21,7 @@ from ..tensors.patterns import (
     pattern_to_dict,
     weight_pattern,
 )
-from ..tensors.stats import TensorStats, tensor_stats
+from ..tensors.stats import TensorStats, tensor_stats, tensor_stats_many
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
 
@@ -79,17 +79,26 @@ class PassContext:
             self.stats(name)
         self.pattern(layer)
 
-    def scan_all(self, layers: list[Layer] | None = None) -> dict[str, Any]:
-        """scan() every layer (or those given); what that computed as plain data, for adopt_scan()."""
-        for layer in self.layers if layers is None else layers:
+    def scan_all(self, layers: list[Layer] | None = None) -> None:
+        """scan() every layer (or those given)."""
+        layers = self.layers if layers is None else layers
+        names = [n for layer in layers for n in (*layer.params.values(), *layer.buffers.values()) if n not in self._stats]
+        names = list(dict.fromkeys(names))
+        # Counted together: a checkpoint of many small tensors costs a few calls, not one each.
+        for name, stats in zip(names, tensor_stats_many([self.tensor(n) for n in names], self.options.zero_tol)):
+            self._stats[name] = stats
+        for layer in layers:
             self.scan(layer)
+
+    def scanned(self) -> dict[str, Any]:
+        """What the scans so far computed, as plain data for adopt_scan()."""
         return {
             "stats": {name: stats.to_dict() for name, stats in self._stats.items()},
             "patterns": {name: pattern_to_dict(pattern) for name, pattern in self._patterns.items()},
         }
 
     def adopt_scan(self, scanned: dict[str, Any]) -> None:
-        """Take over what scan_all() computed for the same checkpoint and options elsewhere
+        """Take over what scanned() returned for the same checkpoint and options elsewhere
         (in a bounded child process)."""
         self._stats.update({name: TensorStats.from_dict(stats) for name, stats in scanned["stats"].items()})
         self._patterns.update({name: pattern_from_dict(pattern) for name, pattern in scanned["patterns"].items()})

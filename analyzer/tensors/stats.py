@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 
 from .patterns import code_tables, zero_mask
 
-__all__ = ["TensorStats", "tensor_stats", "iter_chunks", "nbytes", "CHUNK_BYTES"]
+__all__ = ["TensorStats", "tensor_stats", "tensor_stats_many", "iter_chunks", "nbytes", "CHUNK_BYTES"]
 
 #: Bytes per chunk: small enough that the second look at a chunk is served from cache.
 CHUNK_BYTES = 1 << 20
@@ -33,6 +33,15 @@ _SPARSE_COMPRESSED = {torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torc
 _SIGNED_VIEW = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 #: Half types: (bit mask without the sign, smallest bit pattern of Inf/NaN).
 _HALF_BITS = {torch.float16: (0x7FFF, 0x7C00), torch.bfloat16: (0x7FFF, 0x7F80)}
+#: Dtypes whose small tensors are counted together (zero_mask and isfinite apply as they are).
+_BATCHED = {
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
+    torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+}
+#: Elements of a tensor counted with others, and of one such batch (below torch's grain
+#: size: one thread, no spinning partner on a busy machine).
+_SMALL = 1 << 12
+_BATCH = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,67 @@ def tensor_stats(tensor: torch.Tensor, zero_tol: float = 0.0) -> TensorStats:
         return TensorStats(_numel(tensor), None, layout=str(tensor.layout).removeprefix("torch."))
     nonzero, nonfinite = _count(tensor, zero_tol)
     return TensorStats(tensor.numel(), nonzero, nonfinite)
+
+
+def tensor_stats_many(tensors: Sequence[torch.Tensor], zero_tol: float = 0.0) -> list[TensorStats]:
+    """tensor_stats of each tensor. What small tensors cost is the calls, not the bytes: those
+    of one dtype are laid end to end and counted together, a few calls for thousands."""
+    results: list[TensorStats | None] = [None] * len(tensors)
+    batches: dict[torch.dtype, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        tensor = tensor.detach()
+        if _batchable(tensor):
+            batches.setdefault(tensor.dtype, []).append(index)
+        else:
+            results[index] = tensor_stats(tensor, zero_tol)
+    for indices in batches.values():
+        for batch in _batches(indices, tensors):
+            for index, stats in zip(batch, _count_together([tensors[i] for i in batch], zero_tol)):
+                results[index] = stats
+    return results  # type: ignore[return-value]
+
+
+def _batchable(tensor: torch.Tensor) -> bool:
+    return (
+        tensor.layout is torch.strided and tensor.dtype in _BATCHED and tensor.device.type == "cpu"
+        and not (tensor.is_meta or tensor.is_quantized or tensor.is_nested) and tensor.numel() <= _SMALL
+    )
+
+
+def _batches(indices: list[int], tensors: Sequence[torch.Tensor]) -> Iterator[list[int]]:
+    batch: list[int] = []
+    elements = 0
+    for index in indices:
+        if batch and elements + tensors[index].numel() > _BATCH:
+            yield batch
+            batch, elements = [], 0
+        batch.append(index)
+        elements += tensors[index].numel()
+    if batch:
+        yield batch
+
+
+def _count_together(tensors: list[torch.Tensor], zero_tol: float) -> list[TensorStats]:
+    """Zeros (the zero test of zero_mask) and non-finite values of each tensor, from one mask
+    over all of them: each tensor's count is the difference of the running sum at its ends."""
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    ends = torch.tensor(sizes).cumsum(0)
+    zeros = _per_segment(zero_mask(flat, zero_tol), ends)
+    floating = flat.dtype.is_floating_point or flat.dtype.is_complex
+    if floating and not bool(torch.isfinite(flat).all()):
+        nonfinite = _per_segment(~torch.isfinite(flat), ends)
+    else:
+        nonfinite = [0] * len(tensors)
+    return [TensorStats(size, size - zero, bad) for size, zero, bad in zip(sizes, zeros, nonfinite)]
+
+
+def _per_segment(mask: torch.Tensor, ends: torch.Tensor) -> list[int]:
+    running = torch.empty(mask.numel() + 1, dtype=torch.int64)
+    running[0] = 0
+    torch.cumsum(mask, 0, out=running[1:])
+    at_ends = running[ends]
+    return torch.diff(at_ends, prepend=running[:1]).tolist()
 
 
 def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
