@@ -1265,3 +1265,13 @@ def test_running_a_crafted_model_is_memory_bounded(tmp_path: Path) -> None:
     [failure] = [f for f in report.findings if f.kind == "forward-failure"]
     assert failure.modules == ["1"]
     assert "allocate" in failure.message
+
+
+def test_without_fork_the_file_is_read_here_and_the_report_says_so(folder: Path, net: SmallNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.fork does not exist (Windows), nothing is bounded, and the report says it."""
+    path = folder / "model.pth"
+    torch.save(net.state_dict(), path)
+    monkeypatch.delattr(os, "fork")
+    report = analyze(path)
+    assert report.summary.tensors == len(net.state_dict())
+    assert any("without memory or CPU limits" in note for note in report.notes)

@@ -40,7 +40,6 @@ __all__ = [
     "ChildRaised",
     "isolation_available",
     "run_bounded",
-    "in_bounded_child",
 ]
 
 #: Exit statuses of the child: it sent a result / it could not compute one.
@@ -111,11 +110,6 @@ def isolation_available() -> bool:
     return hasattr(os, "fork") and hasattr(os, "waitpid") and sys.platform != "emscripten"
 
 
-def in_bounded_child() -> bool:
-    """True inside a child of run_bounded (a step that nests another bounded step runs it inline)."""
-    return _IN_CHILD
-
-
 def run_bounded(step: Callable[[], Any], limits: ChildLimits) -> Any:
     """`step()`'s JSON-able result, computed in a forked child under `limits`.
 
@@ -143,6 +137,8 @@ def run_bounded(step: Callable[[], Any], limits: ChildLimits) -> Any:
 
 
 def _fork() -> int:
+    if sys.version_info < (3, 12):
+        return os.fork()
     with warnings.catch_warnings():
         # Python 3.12+ warns about forking a process with threads (torch's OpenMP pool):
         # the child only runs this module's step, single-threaded, and exits with _exit.
