@@ -72,7 +72,7 @@ def analyze(
     with progress.stage(f"reading {Path(path).name}"):
         checkpoint = load_checkpoint(Path(path), load_options)
     build_options = BuildOptions(arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape)
-    first_run = _memory_bounded(checkpoint)
+    first_run = _memory_bounded(checkpoint, trust)
     with progress.stage("building and running the model"):
         built = build(checkpoint, build_options, load_options, first_run or run_traced)
         _check_baseline_runs(built, Path(baseline).stat().st_size if baseline else 0)
@@ -153,12 +153,13 @@ def _main_elements(layer: Layer) -> int:
     return math.prod(layer.shape) if layer.shape is not None else 0
 
 
-def _memory_bounded(checkpoint: Checkpoint) -> BoundedFirstRun | None:
+def _memory_bounded(checkpoint: Checkpoint, trust: bool) -> BoundedFirstRun | None:
     """Running a model whose layers come from the file is bounded like reading it (a crafted
     Upsample factor or padding must fail, not exhaust memory): its first run on each example
     input happens in a bounded child (model/bounded_run.py), never under a process-wide limit.
-    A model built by the --arch factory from the file's shapes alone needs no such check."""
-    if checkpoint.runnable or checkpoint.tp_state is not None:
+    A model built by the --arch factory from the file's shapes alone needs no such check, and
+    a file read with --trust runs its code once, here, as the user asked."""
+    if not trust and (checkpoint.runnable or checkpoint.tp_state is not None):
         return BoundedFirstRun(forward_limits(checkpoint.file_size))
     return None
 
