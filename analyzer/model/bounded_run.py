@@ -44,6 +44,7 @@ class BoundedFirstRun:
             self._graphs[id(example)] = None
             return Trace(input_shape=example.shape, failure=_failure_of(e, self.limits))
         if outcome is None:
+            self._graphs.pop(id(example), None)  # an id may be reused by a newer example
             return run_traced(module, example)  # it ran within the limits: run it here for real
         trace = _trace_from_json(example, outcome["trace"])
         self._graphs[id(example)] = _graph_from_json(outcome["graph"])
