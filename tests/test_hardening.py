@@ -1275,3 +1275,17 @@ def test_without_fork_the_file_is_read_here_and_the_report_says_so(folder: Path,
     report = analyze(path)
     assert report.summary.tensors == len(net.state_dict())
     assert any("without memory or CPU limits" in note for note in report.notes)
+
+
+def test_records_of_a_zip64_archive_are_counted(tmp_path: Path) -> None:
+    """Over 65,535 entries the entry count lives in the zip64 end record: still counted, from
+    the end of the file and the first directory record alone (oracle: zipfile's own listing)."""
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"x" * 1600)
+        for i in range(70_000):
+            archive.writestr(f"archive/data/{i}", b"")
+    with zipfile.ZipFile(path) as archive:
+        entries = len(archive.infolist())
+        first = archive.infolist()[0].file_size
+    assert count_records(path, Format.TORCH_ZIP) == entries + first // 16 == 70_001 + 100
