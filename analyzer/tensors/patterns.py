@@ -101,8 +101,10 @@ class BatchNormPattern:
         return "+".join(p for p, c in (("dead", self.dead), ("constant", self.constant)) if c)
 
 
+@functools.lru_cache(maxsize=4096)
 def dense_pattern(shape: tuple[int, ...]) -> WeightPattern:
-    """The pattern of a weight known to hold no zero."""
+    """The pattern of a weight known to hold no zero (one shared, read-only value per shape:
+    a transformer has thousands of layers of a few shapes)."""
     out_ch, in_ch = shape[0], shape[1]
     numel = math.prod(shape)
     return WeightPattern(numel=numel, zeros=0, out_channels=out_ch, in_channels=in_ch, kernel_size=numel // max(out_ch * in_ch, 1))
