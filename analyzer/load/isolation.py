@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import json
 import math
 import os
@@ -160,6 +161,9 @@ def _child(step: Callable[[], Any], limits: ChildLimits, result_fd: int, stderr_
         os.dup2(stderr_fd, 2)
         faulthandler.disable()  # it may write to a copy of the caller's stderr (pytest's does)
         warnings.simplefilter("ignore")  # nobody reads them, and writing takes the stream's lock
+        # The inherited heap stays out of the collector's passes: they would cost time and
+        # copy every page they touch (reference counts live in the objects).
+        gc.freeze()
         _set_own_limits(limits)
         _single_threaded()
         outcome = _outcome(step)
