@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..tensors.patterns import (
     pattern_to_dict,
     weight_pattern,
 )
-from ..tensors.stats import TensorStats, tensor_stats, tensor_stats_many
+from ..tensors.stats import SMALL_TENSOR, TensorStats, tensor_stats, tensor_stats_many
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
 
@@ -82,9 +83,12 @@ class PassContext:
     def scan_all(self, layers: list[Layer] | None = None) -> None:
         """scan() every layer (or those given)."""
         layers = self.layers if layers is None else layers
-        names = [n for layer in layers for n in (*layer.params.values(), *layer.buffers.values()) if n not in self._stats]
-        names = list(dict.fromkeys(names))
-        # Counted together: a checkpoint of many small tensors costs a few calls, not one each.
+        # Small tensors are counted together: a checkpoint of many costs a few calls, not one
+        # each. Larger ones, one at a time below (masked ones are products made on the way).
+        names = dict.fromkeys(
+            n for layer in layers for n in (*layer.params.values(), *layer.buffers.values())
+            if n not in self._stats and math.prod(self.checkpoint.meta(n)[0]) <= SMALL_TENSOR
+        )
         for name, stats in zip(names, tensor_stats_many([self.tensor(n) for n in names], self.options.zero_tol)):
             self._stats[name] = stats
         for layer in layers:

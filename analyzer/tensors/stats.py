@@ -23,7 +23,7 @@ import torch
 
 from .patterns import code_tables, zero_mask
 
-__all__ = ["TensorStats", "tensor_stats", "tensor_stats_many", "iter_chunks", "nbytes", "CHUNK_BYTES"]
+__all__ = ["TensorStats", "tensor_stats", "tensor_stats_many", "iter_chunks", "nbytes", "CHUNK_BYTES", "SMALL_TENSOR"]
 
 #: Bytes per chunk: small enough that the second look at a chunk is served from cache.
 CHUNK_BYTES = 1 << 20
@@ -40,7 +40,7 @@ _BATCHED = {
 }
 #: Elements of a tensor counted with others, and of one such batch (below torch's grain
 #: size: one thread, no spinning partner on a busy machine).
-_SMALL = 1 << 12
+SMALL_TENSOR = 1 << 12
 _BATCH = 1 << 15
 
 
@@ -106,7 +106,7 @@ def tensor_stats_many(tensors: Sequence[torch.Tensor], zero_tol: float = 0.0) ->
 def _batchable(tensor: torch.Tensor) -> bool:
     return (
         tensor.layout is torch.strided and tensor.dtype in _BATCHED and tensor.device.type == "cpu"
-        and not (tensor.is_meta or tensor.is_quantized or tensor.is_nested) and tensor.numel() <= _SMALL
+        and not (tensor.is_meta or tensor.is_quantized or tensor.is_nested) and tensor.numel() <= SMALL_TENSOR
     )
 
 
