@@ -6,27 +6,33 @@ load → layers → passes → report, in one direction. The CLI is a thin layer
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
-from .model import BuildOptions, build, parse_input_shape, rebuild_pruned
-from .model.inputs import ExampleInput
-from .compact import compact
-from .errors import UsageError
-from .tensors.layers import Layer, build_layers
+from .errors import InputError, UsageError
 from .load import Checkpoint, LoadOptions, load_checkpoint
-from .load.limits import Limits, enforced, limits_for
+from .load.isolation import ChildCrashed, ChildRaised, LimitExceeded, isolation_available, run_bounded
+from .load.limits import forward_limits, limits_for
+from .model import Build, BuildOptions, build, parse_input_shape, rebuild_pruned
+from .model.bounded_run import BoundedFirstRun
+from .model.graph import GraphTrace
+from .model.inputs import ExampleInput
+from .model.trace import run_traced
 from .passes import AnalysisOptions, PassContext, run_passes
-from .profile import ProfileOptions, ProfileResult, profile_models
 from .progress import NullProgress, Progress
 from .report.assemble import build_report
-from .compact.result import CompactionResult
 from .report.model import Finding, Report
+from .tensors.layers import Layer, build_layers
+
+if TYPE_CHECKING:  # imported where used: a static analysis needs neither
+    from .compact.result import CompactionResult
+    from .profile import ProfileOptions, ProfileResult
 
 __all__ = ["analyze", "load_pruned"]
 
@@ -125,28 +131,31 @@ def _analyze(
         arch=arch, baseline=str(baseline) if baseline else None, input_shape=input_shape, inputs=named,
         example_input=_example(example_input),
     )
-    with progress.stage("building and running the model"), _memory_bounded(checkpoint):
-        built = build(checkpoint, build_options, load_options)
+    first_run = _memory_bounded(checkpoint, trust)
+    with progress.stage("building and running the model"):
+        built = build(checkpoint, build_options, load_options, first_run or run_traced)
+        _check_baseline_runs(built, Path(baseline).stat().st_size if baseline else 0)
     ctx = PassContext(
         checkpoint=checkpoint,
         layers=build_layers(checkpoint),  # after build: it may name the tensors as transformers loads them
         options=AnalysisOptions(zero_tol=zero_tol),
         build=built,
+        _graph=_graph_from_the_check(built, first_run),
     )
-    with progress.stage("scanning layers", total=len(ctx.layers)) as advance:
-        for layer in ctx.layers:
-            ctx.scan(layer)
-            advance(1)
+    with progress.stage("scanning layers"):
+        _scan(ctx)
     if profile:
+        from .profile import ProfileOptions
+
         options = profile_options or ProfileOptions(device=device, batches=tuple(batches))
         with progress.stage("profiling"):
             ctx.profile, ctx.profile_skipped = _profile(ctx, options)
-    with progress.stage("checking"), _memory_bounded(checkpoint):
+    with progress.stage("checking"):
         findings, not_analysed = run_passes(ctx)
     report = build_report(ctx, findings, not_analysed)
     report.profile = ctx.profile.to_dict() if ctx.profile else None
     if compact_to is not None:
-        with progress.stage("compacting"), _memory_bounded(checkpoint):
+        with progress.stage("compacting"):
             report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, findings).to_dict()
     return report
 
@@ -219,6 +228,8 @@ def check_input_rank(layers: list[Layer], shape: tuple[int, ...]) -> None:
 def _compact(
     ctx: PassContext, output: Path, input_path: Path, arch: str | None, round_to: int | None, findings: list[Finding]
 ) -> CompactionResult:
+    from .compact import compact
+
     model = ctx.model
     if model is None:
         raise UsageError("--compact needs a runnable model: a full-model checkpoint, or --arch for a state dict")
@@ -229,18 +240,75 @@ def _compact(
     return compact(model, output, input_path, recipe, round_to, ctx.options.zero_tol, unstructured, len(ctx.checkpoint.masks))
 
 
-def _memory_bounded(checkpoint: Checkpoint) -> Any:
-    """Running a model from a file is bounded like reading it: its layers' attributes come
-    from the file too (a crafted Upsample factor or padding must fail, not exhaust memory).
-    Memory only: a large model may legitimately take long; CUDA (profiling) is never under it.
-    An in-memory module is the caller's own object: nothing from a file to bound."""
-    if checkpoint.format == "in-memory":
-        return contextlib.nullcontext()
-    limits = limits_for(checkpoint.file_size)
-    return enforced(Limits(memory_bytes=(limits.memory_bytes or 0) + 2 * _GB, seconds=None), checkpoint.path)
+def _scan(ctx: PassContext) -> None:
+    """Every tensor's statistics and every layer's zero pattern, one pass over each tensor.
+
+    Layers with a tensor large enough for torch to split its kernels across threads are
+    scanned by a bounded child, single-threaded (parallel kernels spin-wait on a busy
+    machine, costing many times the work in CPU time) and under the limits of reading;
+    only the results come back, and this process never pages those bytes in. The small
+    rest runs single-threaded anyway: it is scanned here, sparing the round trip."""
+    heavy = [layer for layer in ctx.layers if _main_elements(layer) > _PARALLEL_ELEMENTS]
+    if heavy and isolation_available():
+        path = ctx.checkpoint.path
+        try:
+            ctx.adopt_scan(run_bounded(lambda: _scanned(ctx, heavy), limits_for(ctx.checkpoint.file_size)))
+        except LimitExceeded as e:
+            raise InputError(f"{path}: scanning its tensors exceeded the {e.resource} limit; refused (a crafted file)") from e
+        except ChildCrashed as e:
+            raise InputError(f"{path}: scanning its tensors crashed ({e.signal_name}); refused (a crafted or damaged file)") from e
+        except ChildRaised as e:
+            raise InputError(f"{path}: its tensors could not be scanned ({e.type_name}: {' '.join(e.message.split())[:200]})") from e
+    ctx.scan_all()  # what the child scanned is cached: this does the rest
 
 
-_GB = 1 << 30
+def _scanned(ctx: PassContext, layers: list[Layer]) -> dict[str, Any]:
+    ctx.scan_all(layers)
+    return ctx.scanned()
+
+
+#: torch's grain size: kernels on fewer elements run on the calling thread alone.
+_PARALLEL_ELEMENTS = 1 << 15
+
+
+def _main_elements(layer: Layer) -> int:
+    """Elements of the layer's main tensor (its weight, else its first parameter): its largest
+    but in odd layers, which then cost only some CPU time here."""
+    return math.prod(layer.shape) if layer.shape is not None else 0
+
+
+def _memory_bounded(checkpoint: Checkpoint, trust: bool) -> BoundedFirstRun | None:
+    """Running a model whose layers come from the file is bounded like reading it (a crafted
+    Upsample factor or padding must fail, not exhaust memory): its first run on each example
+    input happens in a bounded child (model/bounded_run.py), never under a process-wide limit.
+    A model built by the --arch factory from the file's shapes alone needs no such check, and
+    a file read with --trust runs its code once, here, as the user asked; an in-memory module
+    is the caller's own object, with nothing from a file to bound."""
+    if not trust and checkpoint.format != "in-memory" and (checkpoint.runnable or checkpoint.tp_state is not None):
+        return BoundedFirstRun(forward_limits(checkpoint.file_size))
+    return None
+
+
+def _graph_from_the_check(built: Build, first_run: BoundedFirstRun | None) -> list[GraphTrace | None]:
+    """The op-by-op trace the bounded child computed for a failed first run: the passes use it
+    instead of running the failed model again here (an empty list: computed when needed)."""
+    if first_run is None or built.model is None or built.model.trace.ok:
+        return []
+    checked, graph = first_run.checked_graph(built.model.example_input)
+    return [graph] if checked else []
+
+
+def _check_baseline_runs(built: Build, file_size: int) -> None:
+    """A runnable --baseline checkpoint's own module comes from a file too: it is only kept
+    as the dense reference if its run on the example input stays within the bounds."""
+    reference, model = built.reference, built.model
+    if reference is None or reference.module is None or model is None or not reference.source.startswith("--baseline"):
+        return
+    trace = BoundedFirstRun(forward_limits(file_size))(reference.module, model.example_input)
+    failure = trace.failure
+    if failure is not None and failure.module == "" and failure.exception_type in ("MemoryError", "TimeoutError", "Crash"):
+        reference.module = None
+        built.notes.append(f"the --baseline model was not run: {failure.message}")
 
 
 def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult | None, str | None]:
@@ -251,6 +319,8 @@ def _profile(ctx: PassContext, options: ProfileOptions) -> tuple[ProfileResult |
         return None, "the model fails on its example input, so it cannot be timed"
     reference = ctx.matching_reference
     dense = reference.module if reference is not None else None
+    from .profile import profile_models
+
     result = profile_models(model.module, dense, model.example_input, options, _pruned_layers(ctx))
     return result, None
 

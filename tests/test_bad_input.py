@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import cmath
 import gzip
 import json
 import pickle
 import random
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -406,3 +408,262 @@ def test_safetensors_state_dict(dtype: torch.dtype, tmp_path: Path, small_net: n
     assert (result.code, result.err) == (0, "")
     assert "Traceback" not in result.out
     check_unchanged()
+
+
+# -- every dtype and layout: counted against an oracle written another way, or reported ------
+
+#: (zero, NaN/Inf) of a byte pattern, from each format's specification (not from torch).
+FP8_SPEC: dict[str, Callable[[int], tuple[bool, bool]]] = {
+    "float8_e4m3fn": lambda b: (b & 0x7F == 0, b & 0x7F == 0x7F),
+    "float8_e5m2": lambda b: (b & 0x7F == 0, b & 0x7C == 0x7C),
+    "float8_e4m3fnuz": lambda b: (b == 0, b == 0x80),
+    "float8_e5m2fnuz": lambda b: (b == 0, b == 0x80),
+    "float8_e8m0fnu": lambda b: (False, b == 0xFF),  # exponent only: no zero at all
+    # Two fp4 (E2M1) values a byte, zero with both magnitudes 0; no NaN or Inf.
+    "float4_e2m1fn_x2": lambda b: (b & 0x77 == 0, False),
+}
+
+
+def _every_byte(dtype_name: str) -> torch.Tensor:
+    """An (8, 32) tensor holding each of the 256 byte patterns once, shuffled."""
+    codes = torch.randperm(256, generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    return codes.reshape(8, 32).view(getattr(torch, dtype_name))
+
+
+def _spec_counts(tensor: torch.Tensor, dtype_name: str) -> tuple[int, int]:
+    zero_nonfinite = [FP8_SPEC[dtype_name](b) for b in tensor.view(torch.uint8).flatten().tolist()]
+    return sum(not z for z, _ in zero_nonfinite), sum(n for _, n in zero_nonfinite)
+
+
+def _python_counts(tensor: torch.Tensor) -> tuple[int, int]:
+    """Non-zero and non-finite elements counted on Python numbers."""
+    values = tensor.flatten().tolist()
+    return sum(v != 0 for v in values), sum(not cmath.isfinite(complex(v)) for v in values)
+
+
+def _quantized_counts(tensor: torch.Tensor) -> tuple[int, int]:
+    """A quantized value is zero exactly where its integer equals its zero point."""
+    if tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        shape = [1] * tensor.dim()
+        shape[tensor.q_per_channel_axis()] = -1
+        zero_points = tensor.q_per_channel_zero_points().reshape(shape)
+    else:
+        zero_points = torch.tensor(tensor.q_zero_point())
+    return int((tensor.int_repr().long() != zero_points).sum()), 0
+
+
+def _with_specials(dtype: torch.dtype) -> torch.Tensor:
+    """Zeros of both signs, NaN, ±Inf and ordinary values."""
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+    w[0] = 0.0
+    w[1, :5] = -0.0
+    w[2, 3], w[3, 4], w[4, 5] = float("nan"), float("inf"), -float("inf")
+    return w.to(dtype)
+
+
+def _complex(dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    real, imag = torch.randn(8, 32, generator=g), torch.randn(8, 32, generator=g)
+    real[:2], imag[:1] = 0.0, 0.0  # row 0 zero; row 1 purely imaginary: not zero
+    imag[5, 5] = float("inf")
+    return torch.complex(real, imag).to(dtype)
+
+
+def _unsigned(dtype: torch.dtype) -> torch.Tensor:
+    top = {torch.uint16: 2**16 - 1, torch.uint32: 2**32 - 1, torch.uint64: 2**63}[dtype]
+    values = [0, 1, top, 2**15, 0, 7, top - 1, 0] * 32
+    return torch.tensor(values, dtype=torch.int64 if dtype is not torch.uint64 else torch.uint64).reshape(8, 32).to(dtype)
+
+
+def _quantize(per_channel: bool, dtype: torch.dtype = torch.qint8) -> torch.Tensor:
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
+    w[1] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if per_channel:
+            return torch.quantize_per_channel(w, torch.linspace(0.01, 0.08, 8), torch.arange(-4, 4), 0, dtype)
+        return torch.quantize_per_tensor(w, 0.02, 3, dtype)
+
+
+#: name -> (weight, oracle of (non-zero, non-finite), also written as safetensors)
+DTYPES: dict[str, tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], tuple[int, int]], bool]] = {
+    **{name: (lambda name=name: _every_byte(name), lambda t, name=name: _spec_counts(t, name), True) for name in FP8_SPEC},
+    "float32": (lambda: _with_specials(torch.float32), _python_counts, True),
+    "float64": (lambda: _with_specials(torch.float64), _python_counts, True),
+    "float16": (lambda: _with_specials(torch.float16), _python_counts, True),
+    "bfloat16": (lambda: _with_specials(torch.bfloat16), _python_counts, True),
+    "complex64": (lambda: _complex(torch.complex64), _python_counts, True),
+    "complex128": (lambda: _complex(torch.complex128), _python_counts, False),
+    "complex32": (lambda: _complex(torch.complex32), lambda t: _python_counts(t.to(torch.complex64)), False),
+    "bool": (lambda: _every_byte("float8_e4m3fn").view(torch.uint8) % 3 == 0, _python_counts, True),
+    "uint16": (lambda: _unsigned(torch.uint16), _python_counts, True),
+    "uint32": (lambda: _unsigned(torch.uint32), _python_counts, True),
+    "uint64": (lambda: _unsigned(torch.uint64), _python_counts, True),
+    "qint8": (lambda: _quantize(False), _quantized_counts, False),
+    "quint8": (lambda: _quantize(False, torch.quint8), _quantized_counts, False),
+    "qint8-per-channel": (lambda: _quantize(True), _quantized_counts, False),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "container"),
+    [(case, container) for case, (_, _, st) in DTYPES.items() for container in ("torch-zip", "safetensors") if st or container == "torch-zip"],
+)
+def test_every_dtype_is_counted(case: str, container: str, tmp_path: Path) -> None:
+    make, oracle, _ = DTYPES[case]
+    weight = make()
+    nonzero, nonfinite = oracle(weight)
+    path = tmp_path / f"model.{'safetensors' if container == 'safetensors' else 'pth'}"
+    state = {"fc.weight": weight, "fc.bias": torch.ones(8)}
+    if container == "safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+    report = analyze(path)
+    [row] = report.layers
+    assert (row.name, row.type, row.dtype) == ("fc", "Linear", str(weight.dtype).removeprefix("torch."))
+    assert row.nonzero == nonzero + 8, (nonzero, nonfinite)
+    non_finite = [f.evidence["nonfinite_per_tensor"] for f in report.findings if f.kind == "non-finite-weights"]
+    assert non_finite == ([{"fc.weight": nonfinite}] if nonfinite else [])
+    json.loads(report.to_json())
+
+
+@pytest.mark.parametrize("case", ["float8_e4m3fn", "float8_e5m2fnuz", "float4_e2m1fn_x2", "bfloat16", "uint32", "qint8-per-channel"])
+def test_zeroed_rows_are_found_in_every_dtype(case: str, tmp_path: Path) -> None:
+    """Rows 2 and 5 zero (−0 where the format has it), every other value non-zero and finite."""
+    weight = torch.full((8, 32), 3.0)
+    weight[2], weight[5, ::2], weight[5, 1::2] = 0.0, 0.0, -0.0
+    if case == "float4_e2m1fn_x2":
+        codes = torch.full((8, 32), 0x35, dtype=torch.uint8)  # 1.0 and 3.0
+        codes[2], codes[5] = 0x80, 0x08  # −0 in one value, +0 in the other: both pairs zero
+        weight = codes.view(torch.float4_e2m1fn_x2)
+    elif case == "uint32":
+        weight = weight.abs().to(torch.uint32)
+    elif case == "qint8-per-channel":
+        weight = torch.quantize_per_channel(weight, torch.full((8,), 0.5), torch.arange(8), 0, torch.qint8)
+    else:
+        weight = weight.to(getattr(torch, case))
+    path = tmp_path / "model.pth"
+    torch.save({"fc.weight": weight, "fc.bias": torch.ones(8)}, path)
+    report = analyze(path)
+    [finding] = [f for f in report.findings if f.kind == "zeroed-channels"]
+    assert finding.modules == ["fc"]
+    assert report.layers[0].nonzero == 6 * 32 + 8
+    assert "zeroed-out" in (report.layers[0].pattern or "")
+
+
+def _compressed(layout: torch.layout) -> torch.Tensor:
+    dense = torch.zeros(8, 16)
+    dense[0, 3], dense[2, 7], dense[3, 15], dense[6, 0] = 1.5, -2.0, 0.25, 4.0
+    if layout is torch.sparse_coo:
+        return dense.to_sparse()
+    blocksize = (2, 2) if layout in (torch.sparse_bsr, torch.sparse_bsc) else None
+    return dense.to_sparse(layout=layout, blocksize=blocksize)
+
+
+def _broken(layout: torch.layout) -> torch.Tensor:
+    """A sparse tensor with an index of 99 in an (8, 16) tensor (torch.save does not check)."""
+    values = torch.tensor([1.0, 2.0])
+    if layout is torch.sparse_coo:
+        return torch.sparse_coo_tensor(torch.tensor([[0, 99], [0, 1]]), values, (8, 16), check_invariants=False)
+    if layout is torch.sparse_csr:
+        return torch.sparse_csr_tensor(torch.tensor([0, 1, 2, 2, 2, 2, 2, 2, 2]), torch.tensor([0, 99]), values, (8, 16), check_invariants=False)
+    if layout is torch.sparse_csc:
+        return torch.sparse_csc_tensor(torch.tensor([0] + [2] * 16), torch.tensor([0, 99]), values, (8, 16), check_invariants=False)
+    blocks = torch.ones(2, 2, 2)
+    if layout is torch.sparse_bsr:
+        return torch.sparse_bsr_tensor(torch.tensor([0, 1, 2, 2, 2]), torch.tensor([0, 99]), blocks, (8, 16), check_invariants=False)
+    return torch.sparse_bsc_tensor(torch.tensor([0, 1, 2] + [2] * 6), torch.tensor([0, 99]), blocks, (8, 16), check_invariants=False)
+
+
+LAYOUTS = [torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: str(layout).removeprefix("torch."))
+def test_every_sparse_layout_is_counted(layout: torch.layout, tmp_path: Path, run_cli: Any) -> None:
+    weight = _compressed(layout)
+    path = tmp_path / "sparse.pth"
+    torch.save({"fc.weight": weight, "fc.bias": torch.zeros(8)}, path)
+    report = analyze(path)
+    [row] = report.layers
+    assert (row.name, row.params) == ("fc", 8 * 16 + 8)
+    assert row.nonzero == int(torch.count_nonzero(weight.to_dense())) == 4
+    assert report.findings == []
+    result = run_cli(path)
+    assert (result.code, result.err) == (0, "")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: str(layout).removeprefix("torch."))
+def test_every_broken_sparse_layout_is_reported(layout: torch.layout, tmp_path: Path, run_cli: Any) -> None:
+    weight = _broken(layout)
+    path = tmp_path / "broken.pth"
+    torch.save({"fc.weight": weight, "fc.bias": torch.zeros(8)}, path)
+    report = analyze(path)
+    [row] = report.layers
+    assert row.nonzero is None  # values of a corrupt tensor are not counted
+    [finding] = report.findings
+    assert (finding.kind, finding.severity, finding.modules) == ("invalid-sparse-tensor", Severity.ERROR, ["fc"])
+    assert list(finding.evidence["invalid_tensors"]) == ["fc.weight"]
+    result = run_cli(path)
+    assert result.code == 1 and result.err == "" and "Traceback" not in result.out
+
+
+def test_safetensors_header_of_100k_nested_arrays_is_one_line(tmp_path: Path, run_cli: Any, unchanged: Any) -> None:
+    raw = b'{"fc.weight": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    check_unchanged = unchanged(path)
+    _assert_one_error_line(run_cli(path), path, "safetensors header nests JSON 100001 levels deep")
+    with pytest.raises(InputError, match="nests JSON"):
+        analyze(path)
+    check_unchanged()
+
+
+def test_brackets_inside_safetensors_strings_are_not_nesting(tmp_path: Path) -> None:
+    """The same 100k brackets inside a metadata string: text, not structure — analysed."""
+    header = {"fc.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"note": "[" * 100_000 + '\\"]'}}
+    raw = json.dumps(header).encode()
+    path = tmp_path / "text.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + struct.pack("<2f", 1.0, 0.0))
+    report = analyze(path)
+    assert report.summary.tensors == 1 and report.layers[0].nonzero == 1
+
+
+def test_safetensors_dtype_torch_cannot_hold_is_reported(tmp_path: Path, run_cli: Any) -> None:
+    """fp6 (F6_E2M3): safetensors reads the header, torch has no such type: shape, no values."""
+    header = {
+        "fc.weight": {"dtype": "F6_E2M3", "shape": [4, 4], "data_offsets": [0, 12]},
+        "fc.bias": {"dtype": "F32", "shape": [4], "data_offsets": [12, 28]},
+    }
+    raw = json.dumps(header).encode()
+    path = tmp_path / "fp6.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(12) + struct.pack("<4f", 1, 0, 2, 0))
+    report = analyze(path)
+    [row] = report.layers
+    assert (row.params, row.nonzero) == (20, None)
+    assert any("F6_E2M3" in note for note in report.notes)
+    assert run_cli(path).code == 0
+
+
+def test_small_tensors_counted_together_match_one_by_one() -> None:
+    """Many small tensors are counted in batches (stats.tensor_stats_many): every count equals
+    the tensor's own, across dtypes, empty and strided tensors, NaN, Inf and −0."""
+    from analyzer.tensors.stats import tensor_stats, tensor_stats_many
+
+    generator = torch.Generator().manual_seed(0)
+    picks = random.Random(0)
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.int8, torch.bool, torch.float8_e5m2]
+    tensors = []
+    for i in range(600):
+        values = torch.randn(picks.choice([0, 1, 7, 300, 4096, 5000]), generator=generator)
+        values[values.abs() < 0.5] = 0.0
+        values[values.abs() > 2.5] = -0.0
+        if i % 7 == 0 and values.numel():
+            values[0] = float("nan") if i % 2 else float("inf")
+        tensor = values.to(picks.choice(dtypes))
+        tensors.append(tensor[::2] if i % 5 == 0 else tensor)
+    for zero_tol in (0.0, 0.1):
+        assert tensor_stats_many(tensors, zero_tol) == [tensor_stats(t, zero_tol) for t in tensors]
+    nonzero = [int(torch.count_nonzero(t.view(torch.uint8) & 0x7F)) if t.dtype == torch.float8_e5m2 else int((t != 0).sum()) for t in tensors]
+    assert [s.nonzero for s in tensor_stats_many(tensors)] == nonzero

@@ -14,12 +14,14 @@ create never exists, the input is unchanged and nothing is written beside it.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
 import pickle
 import pickletools
 import resource
+import signal
 import struct
 import time
 import zipfile
@@ -35,8 +37,10 @@ from safetensors.torch import save_file
 
 import analyzer.load as load_module
 from analyzer import analyze
-from analyzer.errors import AnalyzerError, InputError
-from analyzer.load import LoadOptions, load_checkpoint
+from analyzer.errors import AnalyzerError, InputError, UsageError
+from analyzer.load import Format, LoadOptions, load_checkpoint
+from analyzer.load.isolation import ChildCrashed, ChildLimits, ChildRaised, LimitExceeded, run_bounded
+from analyzer.load.limits import count_records, limits_for
 from analyzer.load.pickle_scan import scan_globals
 from analyzer.load.safetensors_file import MAX_HEADER_BYTES
 from analyzer.report.model import Report, Severity
@@ -912,31 +916,90 @@ def test_tensor_rebuild_control_is_analysed(folder: Path) -> None:
     assert outcome.report.summary.tensors == 2
 
 
-# - the loader's own limits
+# - the loader's own limits: in a bounded child, never in this process
 
 
-def test_time_limit_stops_a_load(folder: Path) -> None:
-    """LoadOptions(time_limit=0.001) on a normal file (hundreds of tensors, pure-Python unpickler): LoadTimeout."""
+@dataclass
+class HostState:
+    """What a test suite or a service relies on: its SIGALRM handler, its rlimits."""
+
+    alarm_handler: Any
+    cpu_limit: tuple[int, int]
+    address_space: tuple[int, int]
+
+    @classmethod
+    def now(cls) -> HostState:
+        return cls(signal.getsignal(signal.SIGALRM), resource.getrlimit(resource.RLIMIT_CPU), resource.getrlimit(resource.RLIMIT_AS))
+
+
+@pytest.fixture
+def host_timer() -> Iterator[list[int]]:
+    """A pytest-timeout-like SIGALRM handler and a running ITIMER_REAL; yields the list its fires go to."""
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 600.0)
+    try:
+        yield fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _host_untouched(before: HostState, fired: list[int]) -> None:
+    """Handler and rlimits as they were, the timer still counting down, and still firing into the handler."""
+    assert HostState.now() == before
+    remaining, _interval = signal.getitimer(signal.ITIMER_REAL)
+    assert 0 < remaining <= 600.0, "the host's timer was cancelled or reset"
+    assert fired == [], "the host's timer fired early"
+    signal.setitimer(signal.ITIMER_REAL, 0.02)
+    deadline = time.monotonic() + 5
+    while not fired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fired == [signal.SIGALRM]
+
+
+def test_time_limit_stops_a_load(folder: Path, host_timer: list[int]) -> None:
+    """LoadOptions(time_limit=0.001): a normal file (hundreds of tensors, pure-Python unpickler)
+    needs more CPU than that; the child is stopped and the host's timer never noticed."""
     state = {f"layer{i}.weight": torch.full((4, 4), float(i)) for i in range(400)}
     path = folder / "many.pkl"
     path.write_bytes(pickle.dumps(state, protocol=2))
     guard = _guard(path)
-    before = resource.getrlimit(resource.RLIMIT_AS)
-    assert len(load_checkpoint(path).tensors) == 400  # control: it loads without the limit
+    before = HostState.now()
+    assert len(load_checkpoint(path).tensors) == 400  # control: it loads with the default limits
 
-    with pytest.raises(InputError, match="took longer than") as raised:
+    with pytest.raises(InputError, match="took longer than 0.001 s of CPU time") as raised:
         load_checkpoint(path, LoadOptions(time_limit=0.001))
     assert str(path) in str(raised.value) and "\n" not in str(raised.value)
-    assert resource.getrlimit(resource.RLIMIT_AS) == before
-    # The timer is gone: a later load with no limit is not interrupted.
-    time.sleep(0.01)
     assert len(load_checkpoint(path).tensors) == 400
+    _host_untouched(before, host_timer)
     guard.check()
 
 
+def _record_each_read(record: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every read of the file appends the reading process's id and limits to `record`."""
+    original = load_module._read_checkpoint
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        with open(record, "a") as f:
+            f.write(json.dumps({
+                "pid": os.getpid(),
+                "address_space": resource.getrlimit(resource.RLIMIT_AS),
+                "cpu": resource.getrlimit(resource.RLIMIT_CPU),
+                "cpu_timer": signal.getitimer(signal.ITIMER_PROF)[0],
+            }) + "\n")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(load_module, "_read_checkpoint", spy)
+
+
+def _reads(record: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
 @pytest.mark.parametrize("fmt", ["torch-zip", "torch-legacy", "pickle", "torchscript", "safetensors"])
-def test_address_space_limit_is_set_during_the_load_and_restored(
-    fmt: str, folder: Path, net: SmallNet, monkeypatch: pytest.MonkeyPatch
+def test_limits_apply_in_a_child_and_never_here(
+    fmt: str, folder: Path, tmp_path: Path, net: SmallNet, monkeypatch: pytest.MonkeyPatch, host_timer: list[int]
 ) -> None:
     path = folder / "model.bin"
     if fmt == "torch-zip":
@@ -949,27 +1012,59 @@ def test_address_space_limit_is_set_during_the_load_and_restored(
         _script(net, path)
     else:
         save_file(net.state_dict(), str(path))
-    before = resource.getrlimit(resource.RLIMIT_AS)
-    during: list[tuple[int, int]] = []
-    original = load_module._read if fmt != "safetensors" else load_module._load_safetensors
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        during.append(resource.getrlimit(resource.RLIMIT_AS))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(load_module, "_read" if fmt != "safetensors" else "_load_safetensors", spy)
+    record = tmp_path / "scratch" / "reads.jsonl"
+    _record_each_read(record, monkeypatch)
+    before = HostState.now()
     checkpoint = load_checkpoint(path)
     assert checkpoint.format == fmt
-    assert resource.getrlimit(resource.RLIMIT_AS) == before
-    [(soft, hard)] = during
-    assert hard == before[1]
-    assert soft != resource.RLIM_INFINITY
-    if before[0] != resource.RLIM_INFINITY:
-        assert soft <= before[0]
+    assert len(checkpoint.tensors) == len(net.state_dict())
+    assert torch.equal(checkpoint.tensors["conv1.weight"], net.state_dict()["conv1.weight"])
+
+    [child, *here] = _reads(record)
+    # First, a child read the file under its own limits: an address-space ceiling below the
+    # host's, and a CPU budget (the profiling timer, backed by RLIMIT_CPU) of at most a minute
+    # plus a minute per GB and per 10,000 records.
+    assert child["pid"] != os.getpid()
+    assert child["address_space"][0] != resource.RLIM_INFINITY
+    if before.address_space[0] != resource.RLIM_INFINITY:
+        assert child["address_space"][0] <= before.address_space[0]
+    assert child["cpu"][0] != resource.RLIM_INFINITY
+    assert 0 < child["cpu_timer"] <= 60 + 60 * path.stat().st_size / 2**30 + 1e-4 * path.stat().st_size
+    # Then this process took the result over under its own, unchanged limits: a plain torch
+    # zip is rebuilt from the child's description without a second read.
+    assert len(here) == (0 if fmt == "torch-zip" else 1)
+    for read in here:
+        assert read["pid"] == os.getpid()
+        assert tuple(read["address_space"]) == before.address_space and tuple(read["cpu"]) == before.cpu_limit
+        assert read["cpu_timer"] == 0.0
+    _host_untouched(before, host_timer)
+
+
+def test_host_timer_handler_and_rlimits_survive_every_kind_of_analysis(
+    folder: Path, tmp_path: Path, net: SmallNet, host_timer: list[int]
+) -> None:
+    """analyze() inside a test suite or a service: a plain file, a memory bomb, a billion
+    laughs, a model whose first forward asks for 58 GB — none of them touches the host."""
+    plain = folder / "plain.pth"
+    torch.save(net.state_dict(), plain)
+    bomb = folder / "bomb.pkl"
+    bomb.write_bytes(pickle.dumps({"w": Call(torch.Tensor, 2_000_000_000)}, protocol=2))
+    laughs = folder / "laughs.pkl"
+    laughs.write_bytes(_plain(_laughs_pop()))
+    upsample = folder / "upsample.pth"
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2000.0)), upsample)
+    before = HostState.now()
+    assert analyze(plain).summary.tensors == len(net.state_dict())
+    for refused in (bomb, laughs):
+        with pytest.raises(InputError):
+            analyze(refused)
+    report = analyze(upsample, input_shape=(1, 3, 32, 32))
+    assert [f.modules for f in report.findings if f.kind == "forward-failure"] == [["1"]]
+    _host_untouched(before, host_timer)
 
 
 def test_limits_are_restored_after_refusals(folder: Path, run_cli: Any) -> None:
-    before = resource.getrlimit(resource.RLIMIT_AS)
+    before = HostState.now()
     big = folder / "big.pkl"
     big.write_bytes(pickle.dumps({"w": Call(torch.Tensor, 2_000_000_000)}, protocol=2))
     laughs = folder / "laughs.pkl"
@@ -977,9 +1072,114 @@ def test_limits_are_restored_after_refusals(folder: Path, run_cli: Any) -> None:
     for path in (big, laughs):
         with pytest.raises(InputError):
             analyze(path)
-        assert resource.getrlimit(resource.RLIMIT_AS) == before
+        assert HostState.now() == before
         assert run_cli(path).code == 2
-        assert resource.getrlimit(resource.RLIMIT_AS) == before
+        assert HostState.now() == before
+
+
+def _crash(*args: Any, **kwargs: Any) -> Any:
+    ctypes.string_at(0)  # a reader in C dereferencing a pointer the file chose
+
+
+def test_a_reader_that_crashes_costs_one_line(folder: Path, net: SmallNet, monkeypatch: pytest.MonkeyPatch, run_cli: Any) -> None:
+    """A segfault while reading (a C reader's bug) kills the bounded child, not this process."""
+    path = folder / "model.pth"
+    torch.save(net.state_dict(), path)
+    guard = _guard(path)
+    monkeypatch.setattr(load_module, "_read_checkpoint", _crash)
+    _refused(path, "the reader crashed on this file (SIGSEGV)")
+    _cli_one_line(run_cli(path), path, "the reader crashed on this file (SIGSEGV)")
+    guard.check()
+
+
+def test_a_file_replaced_while_it_is_read_is_refused(folder: Path, tmp_path: Path, net: SmallNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child read one file; another one took its place (same name) before this process
+    used the child's result: refused, nothing of either is reported."""
+    path = folder / "model.pth"
+    torch.save(net.state_dict(), path)
+    other = tmp_path / "scratch" / "other.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, other)
+    original = load_module._read_checkpoint
+
+    def swap_after_reading(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        os.replace(other, path)  # happens in the child: the file is replaced on disk
+        return result
+
+    monkeypatch.setattr(load_module, "_read_checkpoint", swap_after_reading)
+    with pytest.raises(InputError, match="changed while it was being read") as raised:
+        load_checkpoint(path)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_checkpoint_of_50000_tensors_is_analysed(tmp_path: Path) -> None:
+    """50,000 tensors (a large transformer's count, in 15 MB): loaded within the limits, whose
+    CPU budget grows with the file's records, and analysed."""
+    state = {f"blocks.{i // 4}.{'qkvo'[i % 4]}.weight": torch.full((2,), float(i % 7)) for i in range(50_000)}
+    path = tmp_path / "many.pth"
+    torch.save(state, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = len(archive.infolist())
+    assert count_records(path, Format.TORCH_ZIP) >= entries > 50_000
+    small = limits_for(path.stat().st_size)
+    scaled = limits_for(path.stat().st_size, count_records(path, Format.TORCH_ZIP))
+    assert scaled.cpu_seconds >= small.cpu_seconds + 1e-4 * entries  # type: ignore[operator]
+    report = analyze(path)
+    assert report.summary.tensors == 50_000
+    assert report.summary.params == 100_000
+    assert report.summary.nonzero_params == sum(2 for i in range(50_000) if i % 7)
+    assert report.source.loader == "weights_only"
+
+
+# - isolation itself: what a bounded child reports, whatever the step does
+
+
+_TIGHT = ChildLimits(memory_bytes=256 << 20, cpu_seconds=0.3)
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("step", "expected", "resource_name"),
+    [
+        (lambda: bytearray(2 << 30), LimitExceeded, "memory"),
+        (lambda: torch.empty(1 << 30).numel(), LimitExceeded, "memory"),
+        (_spin, LimitExceeded, "cpu"),
+        (lambda: ctypes.string_at(0), ChildCrashed, None),
+        (lambda: {}["missing"], ChildRaised, None),
+        (lambda: object(), ChildRaised, None),  # a result that is not JSON: never pickled
+    ],
+    ids=["python-memory", "torch-memory", "cpu-spin", "segfault", "exception", "not-json"],
+)
+def test_bounded_child_failures(step: Callable[[], Any], expected: type, resource_name: str | None, host_timer: list[int]) -> None:
+    before = HostState.now()
+    with pytest.raises(expected) as raised:
+        run_bounded(step, _TIGHT)
+    if resource_name is not None:
+        assert raised.value.resource == resource_name  # type: ignore[attr-defined]
+    _host_untouched(before, host_timer)
+
+
+def test_bounded_child_results_and_our_errors_come_back() -> None:
+    assert run_bounded(lambda: {"sum": int(torch.arange(10).sum()), "pid": os.getpid()}, _TIGHT)["pid"] != os.getpid()
+    with pytest.raises(UsageError, match="as raised in the child"):
+        run_bounded(lambda: (_ for _ in ()).throw(UsageError("as raised in the child")), _TIGHT)
+
+
+def test_first_forward_run_out_of_cpu_is_a_failed_trace() -> None:
+    """A model whose first run needs more CPU than its budget: a failed trace, not a hang."""
+    from analyzer.model.bounded_run import BoundedFirstRun
+    from analyzer.model.inputs import random_input
+
+    model = nn.Sequential(nn.Conv2d(3, 64, 7), nn.Conv2d(64, 64, 7)).eval()
+    example = random_input(model, (4, 3, 256, 256))
+    trace = BoundedFirstRun(ChildLimits(memory_bytes=None, cpu_seconds=0.01))(model, example)
+    assert trace.failure is not None
+    assert trace.failure.exception_type == "TimeoutError"
+    assert "CPU time" in trace.failure.message
 
 
 # -- found by tests/test_fuzz.py: crafted object graphs that crashed instead of one line ------
@@ -1065,3 +1265,27 @@ def test_running_a_crafted_model_is_memory_bounded(tmp_path: Path) -> None:
     [failure] = [f for f in report.findings if f.kind == "forward-failure"]
     assert failure.modules == ["1"]
     assert "allocate" in failure.message
+
+
+def test_without_fork_the_file_is_read_here_and_the_report_says_so(folder: Path, net: SmallNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.fork does not exist (Windows), nothing is bounded, and the report says it."""
+    path = folder / "model.pth"
+    torch.save(net.state_dict(), path)
+    monkeypatch.delattr(os, "fork")
+    report = analyze(path)
+    assert report.summary.tensors == len(net.state_dict())
+    assert any("without memory or CPU limits" in note for note in report.notes)
+
+
+def test_records_of_a_zip64_archive_are_counted(tmp_path: Path) -> None:
+    """Over 65,535 entries the entry count lives in the zip64 end record: still counted, from
+    the end of the file and the first directory record alone (oracle: zipfile's own listing)."""
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"x" * 1600)
+        for i in range(70_000):
+            archive.writestr(f"archive/data/{i}", b"")
+    with zipfile.ZipFile(path) as archive:
+        entries = len(archive.infolist())
+        first = archive.infolist()[0].file_size
+    assert count_records(path, Format.TORCH_ZIP) == entries + first // 16 == 70_001 + 100

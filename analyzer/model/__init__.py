@@ -166,9 +166,16 @@ class Build:
     notes: list[str] = field(default_factory=list)
 
 
-def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptions = LoadOptions()) -> Build:
+#: Runs a model once on an example input and records the trace (run_traced, or a bounded check of it).
+Runner = Callable[[nn.Module, ExampleInput], Trace]
+
+
+def build(
+    checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptions = LoadOptions(), run: Runner = run_traced
+) -> Build:
     """The runnable model and the dense reference. A transformers reference may rename the
-    checkpoint's tensors to the names transformers loads them under (checkpoint.tensors)."""
+    checkpoint's tensors to the names transformers loads them under (checkpoint.tensors).
+    `run` performs the example runs (the caller bounds those of a model whose layers come from the file)."""
     result = Build()
     dense = build_dense(options.arch) if options.arch else _dense_from_config(checkpoint, result)
     dense = _adopt_transformers_names(checkpoint, dense, result)
@@ -183,7 +190,7 @@ def build(checkpoint: Checkpoint, options: BuildOptions, load_options: LoadOptio
         module, origin = _runnable_module(checkpoint, run_on, result, origin, dense_is_ours=origin == CONFIG_SOURCE)
         if module is not None:
             with single_threaded():
-                example, trace = _run_example(module, options, checkpoint)
+                example, trace = _run_example(module, options, checkpoint, run)
                 macs = _macs(module, example, trace, result)
             result.model = Model(module, example, origin, trace, macs)
             if options.input_shape is None and not options.inputs and options.example_input is None:
@@ -454,24 +461,24 @@ def _retie(model: nn.Module, tied: list[tuple[str, ...]], state: Mapping[str, to
 _FALLBACK_SIZES = (32, 64, 128, 256, 512, 16, 8, 28, 96, 112, 299, 320, 640)
 
 
-def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint) -> tuple[ExampleInput, Trace]:
+def _run_example(module: nn.Module, options: BuildOptions, checkpoint: Checkpoint, run: Runner = run_traced) -> tuple[ExampleInput, Trace]:
     """The example input and the model's trace on it. An inferred image input is retried at
     other spatial sizes before a failure counts; the first size that runs wins."""
     if hf.is_transformers_model(module) and getattr(module.config, "use_cache", None):
         module.config.use_cache = False  # one forward pass: no key/value cache to build
     if options.example_input is not None:
-        return options.example_input, run_traced(module, options.example_input)
+        return options.example_input, run(module, options.example_input)
     example = model_input(module, options.input_shape, options.inputs)
     if example is None:
         raise UsageError(f"{checkpoint.path}: cannot infer an example input for this model; pass --input-shape or --input NAME=SHAPE")
-    trace = run_traced(module, example)
+    trace = run(module, example)
     given = options.input_shape is not None or bool(options.inputs)
     if trace.ok or given or example.single is None or takes_tokens(example) or len(example.shape) < 3:
         return example, trace
     shape = example.shape
     for size in _FALLBACK_SIZES:
         candidate = random_input(module, (*shape[:-2], size, size) if len(shape) == 4 else (*shape[:-1], size))
-        retry = run_traced(module, candidate)
+        retry = run(module, candidate)
         if retry.ok:
             return candidate, retry
     return example, trace

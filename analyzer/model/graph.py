@@ -69,6 +69,9 @@ def trace_graph(model: nn.Module, example: ExampleInput | torch.Tensor) -> Graph
 class _Recorder(torch.fx.Interpreter):
     def __init__(self, module: torch.fx.GraphModule) -> None:
         super().__init__(module)
+        # torch's extra traceback on a failing node imports torch._dynamo (seconds, in every
+        # process); the failure is recorded here instead.
+        self.extra_traceback = False
         self.trace = GraphTrace()
 
     def run_node(self, node: torch.fx.Node) -> Any:

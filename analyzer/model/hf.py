@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..load.checkpoint import TensorStore
-from ..load.limits import Limits, enforced
+from ..load.isolation import BoundedRunFailed, ChildLimits, ChildRaised, isolation_available, run_bounded
 
 __all__ = [
     "ConfigFit",
@@ -52,7 +52,8 @@ __all__ = [
 
 INSTALL_HINT = "pip install 'prune-analyzer[transformers]'"
 #: A config whose model takes longer than this to build (on meta!) is not a real one.
-_BUILD_SECONDS = 60.0
+#: Building a model from config.json (meta parameters; buffers such as rotary tables on CPU).
+_BUILD_LIMITS = ChildLimits(memory_bytes=2 << 30, cpu_seconds=60.0)
 #: Integer config fields probed when the tensors do not fit the config.
 _MAX_PROBES = 48
 _MAX_FIELD_VALUE = 10**7
@@ -111,22 +112,34 @@ def config_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 def _build(config: Mapping[str, Any], buffers_on_meta: bool) -> nn.Module:
     if not available():
         raise ConfigUnusable(f"transformers is not installed ({INSTALL_HINT})")
+    # config.json comes from the folder: its sizes could ask for any allocation or spin
+    # (hidden_size 10**9, a million positions). Building is first proved to fit in a bounded
+    # child, never under a limit on this process.
+    if isolation_available():
+        try:
+            run_bounded(lambda: _construct(config, buffers_on_meta) is not None, _BUILD_LIMITS)
+        except ChildRaised as e:
+            raise ConfigUnusable(" ".join(e.message.split())[:200] if e.type_name == "ConfigUnusable" else f"{e.type_name}: {_line(e)}") from e
+        except BoundedRunFailed as e:
+            raise ConfigUnusable(f"building its model ran past the bounds set for it ({_line(e)})") from e
     try:
-        with _quiet(), _offline(), enforced(Limits(memory_bytes=None, seconds=_BUILD_SECONDS), "config.json"):
-            config_object = _config_object(config)
-            cls = _model_class(config, config_object)
-            placement = torch.device("meta") if buffers_on_meta else _parameters_on_meta()
-            try:
-                with placement:
-                    return cls(config_object)
-            except (ConfigUnusable, InputError):
-                raise
-            except Exception as e:  # transformers validates configs with any exception it likes
-                raise ConfigUnusable(f"transformers cannot build {cls.__name__} from it ({type(e).__name__}: {_line(e)})") from e
-    except InputError as e:  # the build ran past its time limit: not a real config
-        raise ConfigUnusable(str(e)) from e
+        return _construct(config, buffers_on_meta)
     except MemoryError as e:
         raise ConfigUnusable("building its model needs more memory than is available") from e
+
+
+def _construct(config: Mapping[str, Any], buffers_on_meta: bool) -> nn.Module:
+    with _quiet(), _offline():
+        config_object = _config_object(config)
+        cls = _model_class(config, config_object)
+        placement = torch.device("meta") if buffers_on_meta else _parameters_on_meta()
+        try:
+            with placement:
+                return cls(config_object)
+        except (ConfigUnusable, InputError):
+            raise
+        except Exception as e:  # transformers validates configs with any exception it likes
+            raise ConfigUnusable(f"transformers cannot build {cls.__name__} from it ({type(e).__name__}: {_line(e)})") from e
 
 
 def _config_object(config: Mapping[str, Any]) -> Any:

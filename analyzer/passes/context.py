@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +14,16 @@ from ..model.graph import GraphTrace, trace_graph
 from ..tensors.layers import Layer
 from ..load import Checkpoint
 from ..profile.result import ProfileResult
-from ..tensors.patterns import BatchNormPattern, WeightPattern, batchnorm_pattern, dense_pattern, weight_pattern
-from ..tensors.stats import TensorStats, tensor_stats
+from ..tensors.patterns import (
+    BatchNormPattern,
+    WeightPattern,
+    batchnorm_pattern,
+    dense_pattern,
+    pattern_from_dict,
+    pattern_to_dict,
+    weight_pattern,
+)
+from ..tensors.stats import SMALL_TENSOR, TensorStats, tensor_stats, tensor_stats_many
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
 
@@ -81,6 +90,33 @@ class PassContext:
         for name in (*layer.params.values(), *layer.buffers.values()):
             self.stats(name)
         self.pattern(layer)
+
+    def scan_all(self, layers: list[Layer] | None = None) -> None:
+        """scan() every layer (or those given)."""
+        layers = self.layers if layers is None else layers
+        # Small tensors are counted together: a checkpoint of many costs a few calls, not one
+        # each. Larger ones, one at a time below (masked ones are products made on the way).
+        names = dict.fromkeys(
+            n for layer in layers for n in (*layer.params.values(), *layer.buffers.values())
+            if n not in self._stats and math.prod(self.checkpoint.meta(n)[0]) <= SMALL_TENSOR
+        )
+        for name, stats in zip(names, tensor_stats_many([self.tensor(n) for n in names], self.options.zero_tol)):
+            self._stats[name] = stats
+        for layer in layers:
+            self.scan(layer)
+
+    def scanned(self) -> dict[str, Any]:
+        """What the scans so far computed, as plain data for adopt_scan()."""
+        return {
+            "stats": {name: stats.to_dict() for name, stats in self._stats.items()},
+            "patterns": {name: pattern_to_dict(pattern) for name, pattern in self._patterns.items()},
+        }
+
+    def adopt_scan(self, scanned: dict[str, Any]) -> None:
+        """Take over what scanned() returned for the same checkpoint and options elsewhere
+        (in a bounded child process)."""
+        self._stats.update({name: TensorStats.from_dict(stats) for name, stats in scanned["stats"].items()})
+        self._patterns.update({name: pattern_from_dict(pattern) for name, pattern in scanned["patterns"].items()})
 
     def pattern(self, layer: Layer) -> WeightPattern | BatchNormPattern | None:
         """Zero pattern of a Conv/Linear weight or of a BatchNorm's scale and shift; None for others."""

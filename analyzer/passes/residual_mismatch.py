@@ -172,13 +172,16 @@ def _prunable_layer(ctx: PassContext, module: str) -> str:
 
 def _static(ctx: PassContext) -> list[Finding]:
     layers = {layer.name: layer for layer in ctx.layers}
+    # Grouped once, so each block looks only at its own layers (linear in the layers).
+    children = _children(layers)
+    shortcuts = _shortcut_layers(layers)
     findings = []
     for block in _blocks(layers):
-        main = _last_block_layer(block, layers)
+        main = _last_block_layer(children.get(block, []))
         first = layers.get(f"{block}.conv1")
         if main is None or first is None or first.shape is None or main.shape is None:
             continue
-        shortcut = _shortcut_width(block, layers)
+        shortcut = _shortcut_width(shortcuts.get(block, []))
         shortcut_name = f"{block}.downsample" if shortcut is not None else f"{block} input ({block}.conv1 reads it)"
         width_in = shortcut if shortcut is not None else first.shape[1]
         if main.shape[0] != width_in:
@@ -200,25 +203,44 @@ def _static(ctx: PassContext) -> list[Finding]:
 
 def _blocks(layers: dict[str, Layer]) -> list[str]:
     """Module names holding conv1/bn1-style children: ResNet-style blocks."""
-    blocks = []
+    blocks: dict[str, None] = {}
     for name in layers:
         parent, _, last = name.rpartition(".")
-        if last == "conv1" and parent and parent not in blocks and f"{parent}.conv2" in layers:
-            blocks.append(parent)
-    return blocks
+        if last == "conv1" and parent and f"{parent}.conv2" in layers:
+            blocks.setdefault(parent)
+    return list(blocks)
 
 
-def _last_block_layer(block: str, layers: dict[str, Layer]) -> Layer | None:
-    numbered = []
+def _children(layers: dict[str, Layer]) -> dict[str, list[tuple[str, Layer]]]:
+    """Parent module name → (last name component, layer) of its direct children, in order."""
+    children: dict[str, list[tuple[str, Layer]]] = {}
     for name, layer in layers.items():
         parent, _, last = name.rpartition(".")
+        children.setdefault(parent, []).append((last, layer))
+    return children
+
+
+def _last_block_layer(children: list[tuple[str, Layer]]) -> Layer | None:
+    numbered = []
+    for last, layer in children:
         match = _BLOCK_LAYER.match(last)
-        if parent == block and match and layer.shape:
+        if match and layer.shape:
             numbered.append((int(match.group(2)), match.group(1) == "bn", layer))
     return max(numbered, key=lambda item: (item[0], item[1]))[2] if numbered else None
 
 
-def _shortcut_width(block: str, layers: dict[str, Layer]) -> int | None:
-    shortcut = [layer for name, layer in layers.items() if name.startswith(f"{block}.downsample.") or name.startswith(f"{block}.shortcut.")]
+def _shortcut_layers(layers: dict[str, Layer]) -> dict[str, list[Layer]]:
+    """Block name → the layers under its `downsample.`/`shortcut.` (a layer under several, for each)."""
+    found: dict[str, list[Layer]] = {}
+    for name, layer in layers.items():
+        for marker in (".downsample.", ".shortcut."):
+            at = name.find(marker)
+            while at > 0:
+                found.setdefault(name[:at], []).append(layer)
+                at = name.find(marker, at + 1)
+    return found
+
+
+def _shortcut_width(shortcut: list[Layer]) -> int | None:
     shortcut = [layer for layer in shortcut if layer.shape]
     return shortcut[-1].shape[0] if shortcut else None  # type: ignore[index]

@@ -8,6 +8,8 @@ aligned ones'.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch.nn as nn
 
 from ..report.model import Finding, Severity
@@ -21,6 +23,8 @@ def run(ctx: PassContext) -> list[Finding]:
     reference = ctx.matching_reference
     widths: dict[str, int] = {}
     consumers_in = _input_widths(ctx)
+    # How many layers read each width: "another layer reads it" in O(1) per layer, not O(layers).
+    readers_of = Counter(consumers_in.values())
     for layer in ctx.layers:
         if not (layer.is_conv or layer.is_linear) or layer.shape is None or layer.weight is None:
             continue
@@ -31,7 +35,7 @@ def run(ctx: PassContext) -> list[Finding]:
             ref_shape = reference.shapes.get(layer.weight)
             changed = ref_shape is not None and layer.out_width(ref_shape) != width
         else:
-            changed = any(w == width for other, w in consumers_in.items() if other != layer.name)
+            changed = readers_of[width] - (consumers_in.get(layer.name) == width) > 0
         if changed:
             widths[layer.name] = width
     if not widths:

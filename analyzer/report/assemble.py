@@ -108,7 +108,7 @@ def _shared_storage(ctx: PassContext) -> tuple[list[str], int]:
     for layer in ctx.layers:
         for name in layer.params.values():
             tensor = checkpoint.tensors[checkpoint.stored_name(name)]
-            if not isinstance(tensor, torch.Tensor) or tensor.is_meta or tensor.is_sparse or tensor.is_quantized:
+            if not isinstance(tensor, torch.Tensor) or tensor.is_meta or tensor.layout is not torch.strided or tensor.is_nested or tensor.is_quantized:
                 continue
             key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
             if key[0] == 0 or tensor.numel() == 0:
