@@ -2,14 +2,15 @@
 
 Any exception of the forward pass becomes this finding, at the innermost module that
 was running when it was raised — never a traceback. Passes that can explain the
-failure better (residual and head checks) report their own kind for the same module.
+failure better (residual and head checks) report their own kind instead, but only when
+they do report a finding for it: a failure nothing else explains is always reported.
 """
 
 from __future__ import annotations
 
 from ..model.inputs import ExampleInput
 from ..report.model import Finding, Severity
-from . import residual_mismatch
+from . import head_shape_mismatch, residual_mismatch
 from .context import PassContext
 
 KIND = "forward-failure"
@@ -21,8 +22,8 @@ def run(ctx: PassContext) -> list[Finding]:
         return []
     failure = model.trace.failure
     assert failure is not None
-    if _in_a_head(ctx, failure.module) or residual_mismatch.explains(ctx):
-        return []  # the head and residual checks explain this one
+    if residual_mismatch.explains(ctx) or head_shape_mismatch.explains(ctx, failure.module):
+        return []  # reported as residual-mismatch or head-shape-mismatch, which say more
     where = failure.module or "<model>"
     return [
         Finding(
@@ -54,8 +55,3 @@ def _input_phrase(example: ExampleInput) -> str:
         return f"an input of shape {list(example.shape)}"
     return f"the inputs {example.describe()}"
 
-
-def _in_a_head(ctx: PassContext, module: str) -> bool:
-    from .head_shape_mismatch import detected_heads
-
-    return any(module == head.conv or head.conv.startswith(module + ".") for head in detected_heads(ctx) if module)
