@@ -79,3 +79,115 @@ def test_dense_head_net_runs_clean(tmp_path: Path) -> None:
     report = api.analyze(path, allow_modules=("tests",), input_shape=SMALL)
     assert "forward-failure" not in _kinds(report)
     assert [f.kind for f in report.findings if f.severity is not Severity.INFO] == []
+
+
+# -- compaction: a group torch-pruning refuses is left, said so; an untraceable graph is a refusal
+
+
+def _all_dead_then_two(head_bias: bool = True) -> nn.Sequential:
+    """conv0's 8 channels are all dead (its BatchNorm has scale and shift 0); conv3 has two
+    dead channels (filters 2 and 5 zero, their BatchNorm scale and shift 0)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4, bias=head_bias),
+    ).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[3].weight[[2, 5]] = 0
+        model[3].bias[[2, 5]] = 0
+        model[4].weight[[2, 5]] = 0
+        model[4].bias[[2, 5]] = 0
+    return model
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_compact_leaves_a_group_torch_pruning_refuses_and_says_why(tmp_path: Path) -> None:
+    model = _all_dead_then_two()
+    path = _save_full(model, tmp_path / "dead.pth")
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, input_shape=SMALL, compact_to=out).compaction
+    assert c["refused"] is None, c["refused"]
+    groups = {g["root"]: g for g in c["groups"]}
+    # Removing all 8 channels of conv0 would leave it empty: torch-pruning's check refuses the group.
+    assert (groups["0"]["removed"], groups["0"]["left"]) == (0, 8)
+    assert "torch-pruning" in groups["0"]["left_because"] and "'0'" in groups["0"]["left_because"]
+    assert (groups["3"]["removed"], groups["3"]["dead"], groups["3"]["left"]) == (2, 2, 0)
+    # What was reported removed is what was removed: conv3's two filters and biases, bn4's two
+    # scales and shifts, two input columns of the Linear.
+    per_channel = 8 + 1 + 2 + 4
+    assert c["params_before"] == _params(model)
+    assert c["params_before"] - c["params_after"] == 2 * per_channel
+    compacted = torch.load(out, weights_only=False)
+    assert (compacted[0].out_channels, compacted[3].out_channels, compacted[8].in_features) == (8, 6, 6)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+class OnlyAllDead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.bn.weight.zero_()
+            self.bn.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_compact_refuses_when_the_only_removal_is_one_torch_pruning_refuses(tmp_path: Path) -> None:
+    path = _save_full(OnlyAllDead(), tmp_path / "dead.pth")
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, allow_modules=("tests",), input_shape=SMALL, compact_to=out).compaction
+    assert c["refused"] and "torch-pruning" in c["refused"] and "nothing written" in c["refused"]
+    assert c["output"] is None and not out.exists()
+
+
+class DataclassOutput(nn.Module):
+    """Runs fine, but returns an object torch-pruning cannot walk for its graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.conv.weight[[1, 6]] = 0
+            self.conv.bias[[1, 6]] = 0
+
+    def forward(self, x: torch.Tensor) -> Boxes:
+        return Boxes(self.head(torch.relu(self.conv(x))))
+
+
+class Boxes:
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+
+
+def test_compact_of_a_graph_torch_pruning_cannot_trace_is_a_refusal(tmp_path: Path, run_cli) -> None:
+    import torch_pruning as tp
+
+    model = DataclassOutput().eval()
+    with pytest.raises(TypeError):  # the oracle: torch-pruning itself cannot build the graph
+        tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(SMALL))
+    path = _save_full(model, tmp_path / "boxes.pth")
+    out = tmp_path / "out.pth"
+    report = api.analyze(path, allow_modules=("tests",), input_shape=SMALL, compact_to=out)
+    c = report.compaction
+    assert c["refused"] and "torch-pruning cannot trace" in c["refused"] and "TypeError" in c["refused"]
+    assert not out.exists()
+    zeroed = _one(report, "zeroed-channels")
+    assert zeroed.evidence["coupling_checked"] is False
+    assert zeroed.evidence["per_layer"]["conv"]["zeroed"] == 2
+    result = run_cli(path, "--allow-module", "tests", "--input-shape", "1,3,8,8", "--compact", out)
+    assert "Traceback" not in result.out + result.err
+    assert result.code == 0, result.err
+    assert "torch-pruning cannot trace" in " ".join(result.out.split())

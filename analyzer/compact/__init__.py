@@ -57,19 +57,34 @@ def compact(
     result = CompactionResult(output=None, masks_folded=folded, round_to=round_to)
     result.params_before = _params(work)
     result.macs_before = model_macs(work, run_traced(work, example))
-    graph = dependency_graph(work, example)
+    try:
+        graph = dependency_graph(work, example)
+    except Exception as e:  # torch-pruning raises many kinds on graphs it cannot trace
+        result.refused = (
+            f"torch-pruning cannot trace this model ({type(e).__name__}: {' '.join(str(e).split())[:160]}), so its "
+            "coupled channels are unknown and none can be removed safely; nothing written"
+        )
+        return result
     groups = [g for g in coupled_groups(work, example, graph) if g.consumers()]
     probe = probe_inputs(example)
     seen = consumer_ranges(work, groups, probe)
     plans = [_plan(work, group, seen, round_to, zero_tol) for group in groups]
     plans = [(group, plan) for group, plan in zip(groups, plans) if plan.removed or plan.left or plan.summary.kept_for_alignment]
+    for group, plan in plans:
+        refusal = _refusal(work, graph, _pruning_group(work, graph, group, plan)) if plan.remove else None
+        if refusal:
+            plan.leave(refusal)
     if not any(plan.removed for _, plan in plans) and not folded:
         result.refused = _nothing_to_remove(plans, unstructured_sparsity)
         return result
+    # Every constant is folded before any channel goes: a consumer's input indices are the
+    # graph's until the first prune shifts them.
     for group, plan in plans:
         _fold_constants(work, group, plan)
     for group, plan in plans:
-        _prune(work, graph, group, plan)
+        refusal = _prune(work, graph, group, plan)
+        if refusal:
+            plan.leave(refusal)  # its constants are folded already: the verification below refuses the result
     result.groups = [plan.summary for _, plan in plans]
     result.params_after = _params(work)
     result.macs_after = model_macs(work, run_traced(work, example))
@@ -96,6 +111,14 @@ class _Plan:
     @property
     def left(self) -> int:
         return self.summary.left
+
+    def leave(self, reason: str) -> None:
+        """None of the group's silent channels go, for `reason`."""
+        summary = self.summary
+        summary.left += summary.removed + summary.kept_for_alignment
+        summary.removed = summary.dead = summary.constants_folded = summary.kept_for_alignment = 0
+        summary.left_because = "; ".join(r for r in (reason, summary.left_because) if r)
+        self.remove = {}
 
 
 def _check_output(output: Path, input_path: Path) -> None:
@@ -173,20 +196,48 @@ def _fold_constants(model: nn.Module, group: ChannelGroup, plan: _Plan) -> None:
                     bn.running_mean -= delta  # type: ignore[union-attr, operator]
 
 
-def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> None:
+def _pruning_group(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> Any:
+    """torch-pruning's group for removing the plan's channels (from the group's first layer)."""
     import torch_pruning as tp
 
-    if not plan.remove:
-        return
     root = group.members[0]
     module = dict(model.named_modules())[root.name]
     prune_fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
     idxs = sorted(root.idxs[i] for i in plan.remove)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruning_group = graph.get_pruning_group(module, prune_fn, idxs=idxs)
-        if graph.check_pruning_group(pruning_group):
+        return graph.get_pruning_group(module, prune_fn, idxs=idxs)
+
+
+def _refusal(model: nn.Module, graph: Any, pruning_group: Any) -> str | None:
+    """Why torch-pruning will not prune `pruning_group` (its check_pruning_group), or None."""
+    if graph.check_pruning_group(pruning_group):
+        return None
+    names = {module: name for name, module in model.named_modules()}
+    for dep, idxs in pruning_group:
+        module = dep.target.module
+        if graph.is_out_channel_pruning_fn(dep.handler):
+            channels = graph.get_out_channels(module)
+        elif graph.is_in_channel_pruning_fn(dep.handler):
+            channels = graph.get_in_channels(module)
+        else:
+            continue
+        if channels is not None and channels <= len(idxs) and module in names:
+            return f"torch-pruning refuses to remove them: {names[module]!r} would be left with no channel"
+    return "torch-pruning refuses to remove them (check_pruning_group failed)"
+
+
+def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> str | None:
+    """Remove the plan's channels; why not, when torch-pruning refuses."""
+    if not plan.remove:
+        return None
+    pruning_group = _pruning_group(model, graph, group, plan)
+    refusal = _refusal(model, graph, pruning_group)
+    if refusal is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             pruning_group.prune()
+    return refusal
 
 
 def _difference(reference: nn.Module, model: nn.Module, probe: list[ExampleInput]) -> tuple[float, float]:
