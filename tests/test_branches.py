@@ -191,3 +191,47 @@ def test_compact_of_a_graph_torch_pruning_cannot_trace_is_a_refusal(tmp_path: Pa
     assert "Traceback" not in result.out + result.err
     assert result.code == 0, result.err
     assert "torch-pruning cannot trace" in " ".join(result.out.split())
+
+
+# -- the channel axis of a consumer's input is the one its weight reads (Linear: the last)
+
+
+TOKENS = (1, 5, 16)  # (N, T, F): fewer tokens than hidden features, so axis 1 is not the channels
+
+
+def _token_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
+    with torch.no_grad():
+        model[0].weight[[3, 7, 20]] = 0
+        model[0].bias[[3, 7, 20]] = 0
+    return model
+
+
+def test_zeroed_hidden_features_of_a_token_mlp_are_counted(tmp_path: Path) -> None:
+    path = _save_full(_token_mlp(), tmp_path / "mlp.pth")
+    report = api.analyze(path, input_shape=TOKENS)
+    assert not any(line.startswith("zeroed channels") for line in report.not_analysed), report.not_analysed
+    finding = _one(report, "zeroed-channels")
+    assert finding.evidence["coupling_checked"] is True
+    group = finding.evidence["per_group"]["0"]
+    assert (group["channels"], group["removable"], group["dead"], group["constant"]) == (32, 3, 3, 0)
+    # Three rows of the first Linear (16 weights + a bias each) and three columns of the second.
+    assert finding.evidence["params_removable"] == 3 * (16 + 1) + 3 * 16
+    # Per token, each removed feature costs 16 MACs in each Linear; five tokens per sample.
+    assert finding.evidence["macs_removable"] == 5 * (3 * 16 + 3 * 16)
+
+
+def test_token_mlp_compacts_along_its_features(tmp_path: Path, run_cli) -> None:
+    model = _token_mlp()
+    path = _save_full(model, tmp_path / "mlp.pth")
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, input_shape=TOKENS, compact_to=out).compaction
+    assert c["refused"] is None, c["refused"]
+    compacted = torch.load(out, weights_only=False)
+    assert (compacted[0].out_features, compacted[2].in_features) == (29, 29)
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    result = run_cli(path, "--input-shape", "1,5,16", "--compact", tmp_path / "cli.pth")
+    assert "Traceback" not in result.out + result.err and result.code == 0, result.err
