@@ -235,3 +235,136 @@ def test_token_mlp_compacts_along_its_features(tmp_path: Path, run_cli) -> None:
         assert torch.allclose(model(x), compacted(x), atol=1e-5)
     result = run_cli(path, "--input-shape", "1,5,16", "--compact", tmp_path / "cli.pth")
     assert "Traceback" not in result.out + result.err and result.code == 0, result.err
+
+
+# -- what a silenced channel carries: varying after a padded depthwise conv; unobserved
+
+
+def _depthwise_between() -> nn.Sequential:
+    """conv0's filters 2 and 5 are zero. Channel 2 keeps a bias of 0.5: the padded depthwise
+    3x3 conv after it sums fewer taps at the borders, so conv3 sees it vary. Channel 5 has no
+    bias: it is 0 everywhere, padding included."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+        nn.Conv2d(8, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ).eval()
+    with torch.no_grad():
+        model[0].weight[[2, 5]] = 0
+        model[0].bias[2] = 0.5
+        model[0].bias[5] = 0
+        model[2].weight.abs_()  # all taps positive: the border sums really are smaller
+    return model
+
+
+def test_silenced_channel_that_arrives_varying_is_not_removable(tmp_path: Path) -> None:
+    model = _depthwise_between()
+    with torch.no_grad():  # the oracle: channel 2 after the depthwise conv is not constant, channel 5 is 0
+        seen = model[2](model[1](model[0](torch.randn(2, 3, 8, 8))))
+    assert float(seen[:, 2].max() - seen[:, 2].min()) > 0.1 and float(seen[:, 5].abs().max()) == 0.0
+    path = _save_full(model, tmp_path / "dw.pth")
+    out = tmp_path / "out.pth"
+    report = api.analyze(path, input_shape=SMALL, compact_to=out)
+    finding = _one(report, "zeroed-channels")
+    (group,) = [g for g in finding.evidence["per_group"].values() if g["producers"] == ["0"]]
+    assert (group["removable"], group["dead"], group["constant"], group["not_removable_exactly"]) == (1, 1, 0, 1)
+    c = report.compaction
+    (summary,) = [g for g in c["groups"] if g["removed"] or g["left"]]
+    assert (summary["removed"], summary["left"]) == (1, 1)
+    assert "'3'" in summary["left_because"] or "3 receives a varying signal" in summary["left_because"]
+    compacted = torch.load(out, weights_only=False)
+    assert (compacted[0].out_channels, compacted[2].groups, compacted[3].in_channels) == (7, 7, 7)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+class BatchOfOneHead(nn.Module):
+    """`single` reads mid's channels only for one image (unbatched, or a batch of one: a
+    deployment path): the example input runs it and torch-pruning's graph holds it (it
+    traces a batch-1 tensor unbatched), the probes (batch 4) never run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 8, 1)
+        self.single = nn.Conv2d(8, 4, 1)
+        self.batched = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            for conv, dead in ((self.stem, [0, 5]), (self.mid, [1, 2, 6])):
+                conv.weight[dead] = 0
+                conv.bias[dead] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.mid(torch.relu(self.stem(x))))
+        return self.single(y) if x.dim() == 3 or x.shape[0] == 1 else self.batched(y)
+
+
+def test_channels_whose_consumer_never_ran_on_the_probes_stay(tmp_path: Path) -> None:
+    model = BatchOfOneHead().eval()
+    path = _save_full(model, tmp_path / "gated.pth")
+    out = tmp_path / "out.pth"
+    report = api.analyze(path, allow_modules=("tests",), input_shape=SMALL, compact_to=out)
+    per_group = _one(report, "zeroed-channels").evidence["per_group"]
+    by_producer = {tuple(g["producers"]): g for g in per_group.values()}
+    assert (by_producer[("stem",)]["removable"], by_producer[("stem",)]["dead"]) == (2, 2)
+    assert (by_producer[("mid",)]["removable"], by_producer[("mid",)]["not_removable_exactly"]) == (0, 3)
+    groups = {g["root"]: g for g in report.compaction["groups"]}
+    assert (groups["stem"]["removed"], groups["mid"]["removed"], groups["mid"]["left"]) == (2, 0, 3)
+    assert "single" in groups["mid"]["left_because"] and "not observed" in groups["mid"]["left_because"]
+    compacted = torch.load(out, weights_only=False)
+    assert (compacted.stem.out_channels, compacted.mid.in_channels, compacted.mid.out_channels) == (6, 6, 8)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+# -- the compaction's verification: outputs must agree within 1e-4 of their scale
+
+
+def _near_zero_filters(amplify: float) -> nn.Sequential:
+    """conv0's filters 1 and 4 are 1e-5 (zero under --zero-tol 1e-3); conv1 reads those
+    channels with weight `amplify`, so removing them changes the output by about amplify * 1e-4."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight[[1, 4]] = 1e-5
+        model[1].weight[:, [1, 4]] = amplify
+    return model
+
+
+def _expected_difference(model: nn.Sequential) -> tuple[float, float]:
+    """The oracle: zero the two filters by hand and compare on the compaction's probe inputs."""
+    from analyzer.model.inputs import random_input
+    from analyzer.model.silence import probe_inputs
+
+    zeroed = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 4, 1)).eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed[0].weight[[1, 4]] = 0
+        worst = scale = 0.0
+        for x in probe_inputs(random_input(model, SMALL)):
+            expected = x.call(model)
+            worst = max(worst, float((expected - x.call(zeroed)).abs().max()))
+            scale = max(scale, float(expected.abs().max()))
+    return worst, 1e-4 * max(1.0, scale)
+
+
+@pytest.mark.parametrize("amplify", [1.0, 1000.0], ids=["within", "beyond"])
+def test_compaction_verification_tolerance(tmp_path: Path, amplify: float) -> None:
+    model = _near_zero_filters(amplify)
+    difference, tolerance = _expected_difference(model)
+    assert (difference < tolerance) == (amplify == 1.0), (difference, tolerance)
+    path = _save_full(model, tmp_path / "near.pth")
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, input_shape=SMALL, zero_tol=1e-3, compact_to=out).compaction
+    assert c["max_abs_diff"] == pytest.approx(difference, rel=1e-3)
+    assert c["tolerance"] == pytest.approx(tolerance, rel=1e-6)
+    if amplify == 1.0:
+        assert c["refused"] is None, c["refused"]
+        assert torch.load(out, weights_only=False)[0].out_channels == 6
+    else:
+        assert c["refused"].startswith("verification failed: outputs differ by"), c["refused"]
+        assert not out.exists()
