@@ -83,8 +83,9 @@ def analyze(
         with progress.stage("profiling"):
             ctx.profile, ctx.profile_skipped = _profile(ctx, options)
     with progress.stage("checking"), _memory_bounded(checkpoint.file_size, checkpoint.path):
-        findings, not_analysed = run_passes(ctx)
-    report = build_report(ctx, findings, not_analysed)
+        results = run_passes(ctx)
+    findings = results.findings
+    report = build_report(ctx, findings, results.not_analysed, [f.to_dict() for f in results.failures])
     report.profile = ctx.profile.to_dict() if ctx.profile else None
     if compact_to is not None:
         with progress.stage("compacting"), _memory_bounded(checkpoint.file_size, checkpoint.path):

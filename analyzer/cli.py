@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="analyze",
         description="Diagnose a pruned PyTorch checkpoint: zeros vs removed channels, broken residuals "
         "and heads, failed loads, and why pruning did not make it faster.",
-        epilog="Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 the file could not be analysed.",
+        epilog="Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 the file could not be analysed (or a check failed).",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoint files (.pth, .pt, .bin, .safetensors, TorchScript); several make a comparison")
     parser.add_argument("--demo", action="store_true", help="make the classic broken checkpoints in a temp folder and analyse each")
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(console)
         reports = _reports(args)
         _output(reports, args, console)
+        _say_failures(reports, args.debug)
         return _exit_code(reports, args.fail_on)
     except AnalyzerError as e:
         if args.debug:
@@ -165,7 +166,22 @@ def _output(reports: list[Report], args: argparse.Namespace, console: Console) -
         atomic_write_text(Path(args.export_svg), console.export_svg(clear=False, title="analyze"))
 
 
+def _say_failures(reports: list[Report], debug: bool) -> None:
+    """A check that raised is an incomplete analysis: one line each on stderr (the traceback with --debug)."""
+    for report in reports:
+        for failure in report.failures:
+            if debug and failure.get("traceback"):
+                print(failure["traceback"].rstrip(), file=sys.stderr)
+            print(
+                f"analyze: error: {report.source.path}: the {failure['pass']} check failed "
+                f"({failure['exception']}: {failure['message']}); the analysis is incomplete",
+                file=sys.stderr,
+            )
+
+
 def _exit_code(reports: list[Report], fail_on: str) -> int:
+    if any(report.failures for report in reports):
+        return EXIT_CANNOT_ANALYSE  # incomplete: whatever the findings say, some checks did not run
     if fail_on == "never":
         return EXIT_OK
     threshold = Severity(fail_on)

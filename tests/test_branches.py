@@ -368,3 +368,92 @@ def test_compaction_verification_tolerance(tmp_path: Path, amplify: float) -> No
     else:
         assert c["refused"].startswith("verification failed: outputs differ by"), c["refused"]
         assert not out.exists()
+
+
+# -- an exception inside a pass is an analyzer failure, said in the report and the exit code
+
+
+def _broken_check(ctx) -> list[Finding]:
+    return [ctx.layers[len(ctx.layers)]]  # an off-by-one, as a real bug would be
+
+
+@pytest.fixture
+def broken_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import analyzer.passes as passes
+
+    monkeypatch.setattr(passes, "PASSES", (*passes.PASSES[:3], ("broken check", _broken_check), *passes.PASSES[3:]))
+
+
+@pytest.mark.pass_failure_expected
+def test_a_pass_that_raises_is_reported_as_a_failure(tmp_path: Path, broken_registry: None) -> None:
+    import json
+
+    import jsonschema
+
+    path = _save_full(_token_mlp(), tmp_path / "mlp.pth")
+    report = api.analyze(path, input_shape=TOKENS)
+    (failure,) = report.failures
+    assert (failure["pass"], failure["exception"]) == ("broken check", "IndexError")
+    assert failure["message"] == "list index out of range"
+    assert "_broken_check" in failure["traceback"] and "Traceback (most recent call last)" in failure["traceback"]
+    assert not any("broken check" in line for line in report.not_analysed)
+    assert "zeroed-channels" in _kinds(report)  # the other checks still ran
+    assert report.verdict.startswith("The analysis is incomplete: the broken check check failed")
+    schema = json.loads((Path(api.__file__).parent / "report_schema.json").read_text())
+    jsonschema.validate(json.loads(report.to_json()), schema)
+    assert Report.from_json(report.to_json()).failures == report.failures
+
+
+@pytest.mark.pass_failure_expected
+def test_cli_exits_2_on_a_pass_failure_with_the_traceback_under_debug(tmp_path: Path, broken_registry: None, run_cli) -> None:
+    path = _save_full(_token_mlp(), tmp_path / "mlp.pth")
+    plain = run_cli(path, "--input-shape", "1,5,16")
+    assert plain.code == 2
+    assert "analyzer failure" in plain.out and "broken check: IndexError: list index out of range" in plain.out
+    (line,) = plain.err.strip().splitlines()
+    assert "the broken check check failed (IndexError: list index out of range)" in line and "incomplete" in line
+    debug = run_cli(path, "--input-shape", "1,5,16", "--debug", "--fail-on", "never")
+    assert debug.code == 2
+    assert "Traceback (most recent call last)" in debug.err and "_broken_check" in debug.err
+
+
+def test_skipped_pass_is_not_a_failure(tmp_path: Path, run_cli) -> None:
+    # No reference: channel removal cannot run. That is a "not analysed" line, exit code from the findings.
+    path = _save_full(HeadNet(head_in=8), tmp_path / "head.pth")
+    report = api.analyze(path, allow_modules=("tests",), input_shape=SMALL)
+    assert report.failures == []
+    assert any(line.startswith("channel removal:") for line in report.not_analysed)
+    assert run_cli(path, "--allow-module", "tests", "--input-shape", "1,3,8,8").code == 0
+
+
+@pytest.mark.pass_failure_expected
+def test_the_suite_fails_a_test_whose_analysis_had_a_pass_failure(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("from tests.conftest import _record_pass_failures, _fail_on_pass_failures, pytest_configure\n")
+    pytester.makepyfile(
+        """
+        import pytest
+        import torch
+        import analyzer.passes as passes
+        from analyzer import api
+
+        def _broken(ctx):
+            raise KeyError("bug")
+
+        @pytest.fixture
+        def checkpoint(tmp_path, monkeypatch):
+            monkeypatch.setattr(passes, "PASSES", (("broken", _broken),))
+            path = tmp_path / "sd.pth"
+            torch.save({"fc.weight": torch.ones(2, 2)}, path)
+            return path
+
+        def test_unmarked(checkpoint):
+            api.analyze(checkpoint)
+
+        @pytest.mark.pass_failure_expected
+        def test_marked(checkpoint):
+            assert api.analyze(checkpoint).failures[0]["exception"] == "KeyError"
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*1 analyzer pass failure(s)*", "*pass 'broken': KeyError*"])

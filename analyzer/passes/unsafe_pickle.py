@@ -9,6 +9,7 @@ refuses it by default since torch 2.6; the fix is the exact `safe_globals` list.
 from __future__ import annotations
 
 from ..load import GlobalKind, ResolvedGlobal
+from ..load.extract import tolerant_named_modules
 from ..load.placeholder import Placeholder, placeholder_target
 from ..report.model import Finding, Severity
 from .context import PassContext
@@ -156,7 +157,7 @@ def _modules_of(ctx: PassContext, unknown: list[ResolvedGlobal]) -> list[str]:
     targets = {g.full_name for g in unknown}
     return [
         name or "<root>"
-        for name, module in ctx.checkpoint.module.named_modules()
+        for name, module in tolerant_named_modules(ctx.checkpoint.module)  # a tree the pickle may have left broken
         if isinstance(module, Placeholder) and placeholder_target(module) in targets
     ]
 

@@ -51,6 +51,8 @@ def render_many(reports: list[Report], console: Console, options: RenderOptions 
 
 def render_report(report: Report, options: RenderOptions = RenderOptions()) -> RenderableType:
     parts: list[RenderableType] = [_header(report), _verdict(report)]
+    if report.failures:
+        parts.append(_failures(report.failures))
     for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO):
         group = [f for f in report.findings if f.severity is severity]
         if group:
@@ -99,6 +101,12 @@ def _verdict(report: Report) -> RenderableType:
     if worst is None:
         text = "✔ " + text
     return Panel(Text(text), title="verdict", title_align="left", border_style=style)
+
+
+def _failures(failures: list[dict[str, str]]) -> RenderableType:
+    lines = [Text(f"{f['pass']}: {f['exception']}: {f['message']}") for f in failures]
+    lines.append(Text("These checks did not run to the end, so the analysis is incomplete; --debug shows the tracebacks.", style="dim"))
+    return Panel(Group(*lines), title="[bold red]analyzer failure[/]", title_align="left", border_style="bold red")
 
 
 def _finding(finding: Finding) -> RenderableType:
