@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from ..model.macs import model_macs
-from ..model.coupling import ChannelGroup, coupled_groups
+from ..model.coupling import ChannelGroup, coupled_groups, dependency_graph
 from ..model.silence import channel_fates, consumer_ranges, probe_inputs, silenced_by_producer
 from ..model.modules import is_depthwise
 from ..tensors.layers import Layer, adjacent
@@ -85,9 +85,10 @@ def _groups(ctx: PassContext) -> tuple[list[ChannelGroup] | None, str]:
     if not model.trace.ok:
         return None, "per layer only: the model's forward pass fails, so coupling was not traced"
     try:
-        return coupled_groups(model.module, model.example_input), ""
+        graph = dependency_graph(model.module, model.example_input)
     except Exception as e:  # torch-pruning raises many kinds on graphs it cannot trace
-        return None, f"per layer only: torch-pruning could not trace the model ({type(e).__name__}: {str(e)[:120]})"
+        return None, f"per layer only: torch-pruning could not trace the model ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return coupled_groups(model.module, model.example_input, graph), ""
 
 
 def _zeroed_static(ctx: PassContext, per_layer: dict[str, _Silenced], note: str) -> Finding:
