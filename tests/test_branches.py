@@ -457,3 +457,239 @@ def test_the_suite_fails_a_test_whose_analysis_had_a_pass_failure(pytester: pyte
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*1 analyzer pass failure(s)*", "*pass 'broken': KeyError*"])
+
+
+# -- zero patterns: zeroed rows and columns together, N:M over several chunks
+
+
+def _nonzero_weights(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(*shape, generator=g)
+    return torch.where(w.abs() < 0.1, torch.full_like(w, 0.5), w)
+
+
+def test_zeros_outside_zeroed_rows_and_columns_are_counted_once() -> None:
+    from analyzer.tensors.patterns import weight_pattern
+
+    w = _nonzero_weights(10, 6, 3, 3)
+    w[[1, 4, 8]] = 0  # three filters
+    w[:, [0, 5]] = 0  # two input channels, crossing the filters
+    scattered = [(0, 1, 0, 0), (2, 2, 1, 1), (3, 3, 2, 0), (9, 4, 0, 2), (6, 1, 1, 2)]
+    for index in scattered:
+        w[index] = 0
+    p = weight_pattern(w)
+    # The oracle: zeros outside the zeroed rows and columns, counted with a mask.
+    outside = torch.ones_like(w, dtype=torch.bool)
+    outside[[1, 4, 8]] = False
+    outside[:, [0, 5]] = False
+    assert int((w[outside] == 0).sum()) == len(scattered)
+    assert p.zero_out_channels == [1, 4, 8] and p.zero_in_channels == [0, 5]
+    assert p.zeros == int((w == 0).sum())
+    assert p.unstructured_zeros == len(scattered)
+    assert p.zero_kernels == 0
+
+
+def _max_nonzeros_per_group(w: torch.Tensor, m: int) -> int:
+    """The oracle for N:M, in plain Python: the most non-zeros in any aligned run of m inputs."""
+    rows = w.reshape(w.shape[0], -1).tolist()
+    return max(sum(1 for v in row[i : i + m] if v != 0) for row in rows for i in range(0, len(row), m))
+
+
+@pytest.mark.parametrize("looser_rows", ["first", "last"])
+def test_n_of_m_takes_the_loosest_chunk(monkeypatch: pytest.MonkeyPatch, looser_rows: str) -> None:
+    import analyzer.tensors.patterns as patterns
+
+    w = _nonzero_weights(12, 32)
+    groups = w.view(12, 8, 4)
+    groups[:, :, 1:] = 0  # 1:4 everywhere...
+    looser = slice(0, 3) if looser_rows == "first" else slice(9, 12)
+    groups[looser, :, 2] = 1.0  # ...but 2:4 in three rows
+    monkeypatch.setattr(patterns, "_CHUNK_ELEMENTS", 32 * 2)  # two rows per chunk: six chunks
+    p = patterns.weight_pattern(w)
+    assert _max_nonzeros_per_group(w, 4) == 2 and _max_nonzeros_per_group(w, 8) == 4
+    assert p.nm == ["2:4", "4:8"]
+    assert p.label == "2:4"
+    assert p.zeros == int((w == 0).sum())
+
+
+# -- residual checks: bottleneck blocks statically, the hook path with the shortcut first
+
+
+def _bottleneck_stack(conv3_out: int = 16, downsample_out: int = 16) -> nn.Module:
+    """Two zoo Bottleneck blocks: layer1.0 with a downsample shortcut (8 → 16), layer1.1 with
+    the identity. conv1 reads 8 or 16 channels and writes 4: the block width is not conv1's."""
+    from collections import OrderedDict
+
+    from analyzer.zoo.resnet import Bottleneck, conv1x1
+
+    torch.manual_seed(0)
+    first = Bottleneck(8, 4, downsample=nn.Sequential(conv1x1(8, downsample_out), nn.BatchNorm2d(downsample_out)))
+    second = Bottleneck(16, 4)
+    if conv3_out != 16:
+        second.conv3 = conv1x1(4, conv3_out)
+        second.bn3 = nn.BatchNorm2d(conv3_out)
+    return nn.Sequential(OrderedDict(layer1=nn.Sequential(first, second))).eval()
+
+
+def _static_report(model: nn.Module, path: Path) -> Report:
+    torch.save(model.state_dict(), path)
+    return api.analyze(path)  # a state dict, no --arch: the static check
+
+
+def test_static_check_passes_intact_bottlenecks(tmp_path: Path) -> None:
+    report = _static_report(_bottleneck_stack(), tmp_path / "ok.pth")
+    assert "residual-mismatch" not in _kinds(report)
+
+
+def test_static_check_names_a_narrowed_bottleneck_against_its_identity_shortcut(tmp_path: Path) -> None:
+    model = _bottleneck_stack(conv3_out=12)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"tensor a \(12\) must match the size of tensor b \(16\)"):
+        model(torch.randn(1, 8, 4, 4))  # the oracle: the add really fails, 12 against 16
+    finding = _one(_static_report(model, tmp_path / "narrow.pth"), "residual-mismatch")
+    assert finding.evidence["static"] is True and finding.evidence["module"] == "layer1.1"
+    assert finding.evidence["operand_channels"] == {"layer1.1.bn3": 12, "layer1.1 input (layer1.1.conv1 reads it)": 16}
+
+
+def test_static_check_names_a_narrowed_downsample(tmp_path: Path) -> None:
+    model = _bottleneck_stack(downsample_out=12)
+    finding = _one(_static_report(model, tmp_path / "narrow.pth"), "residual-mismatch")
+    assert finding.evidence["module"] == "layer1.0"
+    assert finding.evidence["operand_channels"] == {"layer1.0.bn3": 16, "layer1.0.downsample": 12}
+
+
+class ShortcutFirstBlock(nn.Module):
+    """`x + out`: the shortcut is operand a of the add. Data-dependent, so torch.fx cannot trace it."""
+
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, out, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        if x.sum() > 0:
+            out = out * 2
+        return torch.relu(x + self.bn2(self.conv2(out)))
+
+
+class ShortcutFirstNet(nn.Module):
+    def __init__(self, out: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = ShortcutFirstBlock(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.stem(x)).mean((2, 3))
+
+
+def test_hook_path_with_the_shortcut_as_first_operand(tmp_path: Path) -> None:
+    from analyzer.model.graph import trace_graph
+
+    model = ShortcutFirstNet().eval()
+    assert trace_graph(model, torch.randn(SMALL)) is None  # the module-hook fallback is what is tested
+    assert "tensor a (8) must match the size of tensor b (6)" in _torch_error(model, SMALL)
+    report = api.analyze(_save_full(model, tmp_path / "first.pth"), allow_modules=("tests",), input_shape=SMALL)
+    finding = _one(report, "residual-mismatch")
+    assert finding.evidence["found_by"] == "module hooks"
+    assert finding.evidence["operand_channels"] == {"block.bn2": 6, "block input": 8}
+    assert "forward-failure" not in _kinds(report)
+
+
+# -- a pruned checkpoint with a layer that cannot take its narrower width
+
+
+class GroupNormNet(nn.Module):
+    """conv → GroupNorm(4 groups) → linear: 16 channels fit 4 groups, 10 do not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 16)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.gn(self.conv(x)).mean((2, 3)))
+
+
+def test_narrower_layer_that_cannot_be_resized(tmp_path: Path) -> None:
+    from analyzer.errors import BuildError
+
+    dense = GroupNormNet().state_dict()
+    with pytest.raises(ValueError, match="divisible"):  # the oracle: torch refuses a GroupNorm of 10 channels in 4 groups
+        nn.GroupNorm(4, 10)
+    pruned = {k: (v[:, :10] if k == "fc.weight" else v if k == "fc.bias" else v[:10]) for k, v in dense.items()}
+    path = tmp_path / "gn.pth"
+    torch.save(pruned, path)
+    report = api.analyze(path, arch="tests.test_branches:GroupNormNet", input_shape=SMALL)
+    finding = _one(report, "state-dict-mismatch")
+    assert finding.evidence["cause"] == "pruned checkpoint into a dense class"
+    assert finding.evidence["not_resizable"] == ["gn"]
+    assert "gn cannot be resized" in finding.message and "tp.state_dict" in finding.fix
+    assert "cannot resize gn" in report.notes
+    with pytest.raises(BuildError, match="cannot resize gn"):
+        api.load_pruned(path, GroupNormNet)
+
+
+# -- the exit code over several files: any file's findings count
+
+
+def test_exit_code_of_a_sweep_is_1_when_any_file_has_an_error(tmp_path: Path, run_cli) -> None:
+    broken = _save_full(HeadNet(), tmp_path / "broken.pth")
+    clean = _save_full(HeadNet(head_in=8), tmp_path / "clean.pth")
+    args = ("--allow-module", "tests", "--input-shape", "1,3,8,8")
+    assert run_cli(clean, clean, *args).code == 0
+    for order in ((broken, clean), (clean, broken)):
+        result = run_cli(*order, *args)
+        assert result.code == 1, result.err
+        assert "forward-failure" in result.out
+
+
+# -- MACs of a transposed convolution
+
+
+def test_conv_transpose_macs(tmp_path: Path) -> None:
+    from fvcore.nn import FlopCountAnalysis
+
+    torch.manual_seed(0)
+    # 8x8 → 17x17 (stride 2, kernel 3, no padding: not simply twice the input) → 18x18, grouped
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 6, 3, stride=2), nn.ConvTranspose2d(6, 4, 2, groups=2)).eval()
+    # Each input position of a transposed conv meets every weight once.
+    expected = {"0": 4 * 3 * 9 * 8 * 8, "1": 8 * 8 * (4 * 6 * 9), "2": 17 * 17 * (6 * 2 * 4)}
+    counted = FlopCountAnalysis(model, torch.randn(SMALL))  # the real tool agrees (fvcore counts one MAC as one flop)
+    counted.unsupported_ops_warnings(False)
+    assert {name: counted.by_module()[name] for name in expected} == expected
+    report = api.analyze(_save_full(model, tmp_path / "up.pth"), input_shape=SMALL)
+    assert report.summary.macs == sum(expected.values())
+
+
+# -- STACK_GLOBAL whose module and name are computed at load time
+
+
+def test_stack_global_with_computed_strings_is_dynamic_and_refused(tmp_path: Path, run_cli) -> None:
+    import pickle
+
+    from analyzer.errors import InputError
+    from analyzer.load.pickle_scan import DYNAMIC, GlobalRef, scan_globals
+    from analyzer.load.policy import GlobalKind, GlobalPolicy
+
+    sentinel = tmp_path / "PWNED"
+
+    def short(text: str) -> bytes:
+        return pickle.SHORT_BINUNICODE + bytes([len(text)]) + text.encode()
+
+    def computed(text: str) -> bytes:  # str(text): a call whose result the scan cannot know
+        return pickle.GLOBAL + b"builtins\nstr\n" + short(text) + pickle.TUPLE1 + pickle.REDUCE
+
+    body = computed("os") + computed("system") + pickle.STACK_GLOBAL + short(f"touch {sentinel}") + pickle.TUPLE1 + pickle.REDUCE
+    path = tmp_path / "computed.pkl"
+    path.write_bytes(pickle.PROTO + b"\x04" + body + pickle.STOP)
+    with open(path, "rb") as f:
+        assert scan_globals(f) == [GlobalRef("builtins", "str"), GlobalRef(DYNAMIC, DYNAMIC)]
+    assert GlobalPolicy().resolve(DYNAMIC, DYNAMIC).kind is GlobalKind.DANGEROUS
+    with pytest.raises(InputError, match="could not be read safely"):
+        api.analyze(path)
+    result = run_cli(path)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert not sentinel.exists()
