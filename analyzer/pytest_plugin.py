@@ -95,11 +95,15 @@ def _nvml_sampler(device: Any) -> Any:
 
 
 def assert_clean(path: str | os.PathLike[str], fail_on: str = "warning", **analyze_kwargs: Any) -> Any:
-    """Analyse `path` and fail (AssertionError) on findings at or above `fail_on`; returns the report."""
+    """Analyse `path` and fail (AssertionError) on findings at or above `fail_on`, or when a
+    check failed (the analysis is incomplete); returns the report."""
     from .api import analyze
     from .report.model import Severity
 
     report = analyze(path, **analyze_kwargs)
+    if report.failures:  # an incomplete analysis proves nothing clean
+        listed = "\n".join(f"  {f['pass']}: {f['exception']}: {f['message']}" for f in report.failures)
+        raise AssertionError(f"{path}: the analysis is incomplete, {len(report.failures)} check(s) failed:\n{listed}")
     threshold = Severity(fail_on)
     bad = [f for f in report.findings if f.severity.at_least(threshold)]
     if bad:

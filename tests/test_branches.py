@@ -417,6 +417,15 @@ def test_cli_exits_2_on_a_pass_failure_with_the_traceback_under_debug(tmp_path: 
     assert "Traceback (most recent call last)" in debug.err and "_broken_check" in debug.err
 
 
+@pytest.mark.pass_failure_expected
+def test_assert_clean_fails_an_incomplete_analysis(tmp_path: Path, broken_registry: None) -> None:
+    from analyzer import assert_clean
+
+    path = _save_full(HeadNet(head_in=8), tmp_path / "clean.pth")
+    with pytest.raises(AssertionError, match=r"incomplete, 1 check\(s\) failed:\n  broken check: IndexError"):
+        assert_clean(path, allow_modules=("tests",), input_shape=SMALL)
+
+
 def test_skipped_pass_is_not_a_failure(tmp_path: Path, run_cli) -> None:
     # No reference: channel removal cannot run. That is a "not analysed" line, exit code from the findings.
     path = _save_full(HeadNet(head_in=8), tmp_path / "head.pth")
