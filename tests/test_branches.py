@@ -702,3 +702,38 @@ def test_stack_global_with_computed_strings_is_dynamic_and_refused(tmp_path: Pat
     result = run_cli(path)
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
     assert not sentinel.exists()
+
+
+# -- a transposed conv's output channels are its weight's dim 1
+
+
+def _upsampler() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(3, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight[:, [1, 6]] = 0  # (in, out, kh, kw): output channels 1 and 6
+        model[0].bias[[1, 6]] = 0
+    return model
+
+
+def test_zeroed_output_channels_of_a_transposed_conv(tmp_path: Path) -> None:
+    model = _upsampler()
+    path = _save_full(model, tmp_path / "up.pth")
+    out = tmp_path / "out.pth"
+    report = api.analyze(path, input_shape=(1, 3, 4, 4), compact_to=out)
+    assert {row.name: row.pattern for row in report.layers}["0"] == "zeroed-out"
+    finding = _one(report, "zeroed-channels")
+    assert finding.evidence["coupling_checked"] is True
+    (group,) = finding.evidence["per_group"].values()
+    assert (group["channels"], group["removable"], group["dead"], group["producers"]) == (8, 2, 2, ["0"])
+    # Each removed channel: 3 * 2 * 2 weights + a bias in the transposed conv, 4 weights of the 1x1 conv.
+    assert finding.evidence["params_removable"] == 2 * (12 + 1 + 4)
+    # The transposed conv meets each of a channel's 12 weights at its 4x4 input positions; the 1x1 conv
+    # reads the channel at its 8x8 output positions with 4 weights.
+    assert finding.evidence["macs_removable"] == 2 * (16 * 12 + 64 * 4)
+    assert report.compaction["refused"] is None, report.compaction["refused"]
+    compacted = torch.load(out, weights_only=False)
+    assert (compacted[0].out_channels, compacted[2].in_channels) == (6, 6)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
