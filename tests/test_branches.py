@@ -737,3 +737,69 @@ def test_zeroed_output_channels_of_a_transposed_conv(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
         assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+# -- constants that cannot be folded into the layer that reads them
+
+
+def _constant_into(consumer: nn.Module, channels: int = 8) -> nn.Sequential:
+    """conv0's filters 2 and 3 are zero with a bias of 0.5 (a constant 0.5 after the ReLU);
+    filter 5 is zero with no bias (dead)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, channels, 1), nn.ReLU(), consumer).eval()
+    with torch.no_grad():
+        model[0].weight[[2, 3, 5]] = 0
+        model[0].bias[[2, 3]] = 0.5
+        model[0].bias[5] = 0
+    return model
+
+
+@pytest.mark.parametrize(
+    ("consumer", "because"),
+    [
+        (lambda: nn.ConvTranspose2d(8, 4, 3, stride=2), "is a transposed conv"),
+        (lambda: nn.Conv2d(8, 4, 1, bias=False), "has no bias and no BatchNorm"),
+        (lambda: nn.Conv2d(8, 4, 3, padding="same"), "is a padded conv"),
+    ],
+    ids=["transposed", "no-bias", "padding-same"],
+)
+def test_constant_that_cannot_be_folded_stays(tmp_path: Path, consumer, because: str) -> None:
+    model = _constant_into(consumer())
+    if isinstance(model[2], nn.ConvTranspose2d):  # the oracle: a constant input does not give a uniform output
+        with torch.no_grad():
+            response = model[2](torch.full((1, 8, 4, 4), 0.5)) - model[2].bias[:, None, None]
+        assert float(response.max() - response.min()) > 0.01
+    path = _save_full(model, tmp_path / "const.pth")
+    out = tmp_path / "out.pth"
+    report = api.analyze(path, input_shape=SMALL, compact_to=out)
+    (group,) = _one(report, "zeroed-channels").evidence["per_group"].values()
+    assert (group["removable"], group["dead"], group["constant"], group["not_removable_exactly"]) == (1, 1, 0, 2)
+    (summary,) = report.compaction["groups"]
+    assert (summary["removed"], summary["left"]) == (1, 2) and because in summary["left_because"]
+    compacted = torch.load(out, weights_only=False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+def test_constant_into_a_valid_padded_conv_is_folded(tmp_path: Path) -> None:
+    model = _constant_into(nn.Conv2d(8, 4, 3, padding="valid"))
+    path = _save_full(model, tmp_path / "const.pth")
+    out = tmp_path / "out.pth"
+    (summary,) = api.analyze(path, input_shape=SMALL, compact_to=out).compaction["groups"]
+    assert (summary["removed"], summary["dead"], summary["constants_folded"], summary["left"]) == (3, 1, 2, 0)
+    compacted = torch.load(out, weights_only=False)
+    assert compacted[0].out_channels == 5
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+def test_channels_read_by_a_grouped_conv_stay(tmp_path: Path) -> None:
+    # Removing one of 8 input channels leaves a groups=2 conv with groups of 4 and 3.
+    model = _constant_into(nn.Conv2d(8, 4, 1, groups=2))
+    path = _save_full(model, tmp_path / "grouped.pth")
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, input_shape=SMALL, compact_to=out).compaction
+    assert c["refused"].startswith("no channel can be removed exactly: 3 silent channels stay"), c["refused"]
+    assert "a grouped conv" in c["refused"] and not out.exists()

@@ -18,7 +18,7 @@ import torch.nn as nn
 from .coupling import ChannelGroup
 from .inputs import ExampleInput
 from ..tensors.patterns import zero_mask
-from .modules import batchnorm_after, input_channel_axis
+from .modules import batchnorm_after, input_channel_axis, is_depthwise
 
 __all__ = [
     "ChannelRange",
@@ -70,6 +70,8 @@ class ChannelFate:
         if self.varying_at is not None:
             return f"{self.varying_at} receives a varying signal on it (a padded depthwise conv or the like in between)"
         for name, value in self.constants.items():
+            if _grouped(modules.get(name)):
+                return f"it reaches {name}, a grouped conv, whose groups cannot lose single channels"
             why = constant_unfoldable(modules, name) if value else None
             if why:
                 return f"it carries a constant into {name}, which {why}"
@@ -168,11 +170,16 @@ def constant_unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
     module = modules.get(name)
     if isinstance(module, nn.Linear):
         return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "is a transposed conv (its outputs overlap a varying number of taps, so the constant is not uniform)"
     if isinstance(module, nn.modules.conv._ConvNd):
-        padding = module.padding if isinstance(module.padding, tuple) else (module.padding,)
-        if isinstance(module.padding, str) or any(p != 0 for p in padding):
+        padding = module.padding if isinstance(module.padding, (tuple, str)) else (module.padding,)
+        if padding != "valid" and (isinstance(padding, str) or any(p != 0 for p in padding)):
             return "is a padded conv (its borders see padding, not the constant)"
-        if module.groups != 1:
-            return "is a grouped conv"
         return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
     return f"is a {type(module).__name__}"
+
+
+def _grouped(module: nn.Module | None) -> bool:
+    """A grouped conv that is not depthwise: removing one input channel unbalances its groups."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not is_depthwise(module)
