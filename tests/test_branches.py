@@ -803,3 +803,108 @@ def test_channels_read_by_a_grouped_conv_stay(tmp_path: Path) -> None:
     c = api.analyze(path, input_shape=SMALL, compact_to=out).compaction
     assert c["refused"].startswith("no channel can be removed exactly: 3 silent channels stay"), c["refused"]
     assert "a grouped conv" in c["refused"] and not out.exists()
+
+
+@pytest.mark.parametrize("absorber", ["bias", "batchnorm", "none"])
+def test_constant_into_a_linear(tmp_path: Path, absorber: str) -> None:
+    """Features 3 and 7 of the first Linear are a constant 0.5 (zero rows, bias 0.5); feature 20 is dead.
+    The constant folds into the second Linear's bias, or into the BatchNorm1d after it; with neither it stays."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8, bias=absorber == "bias")]
+    layers += [nn.BatchNorm1d(8)] if absorber == "batchnorm" else []
+    model = nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        model[0].weight[[3, 7, 20]] = 0
+        model[0].bias[[3, 7]] = 0.5
+        model[0].bias[20] = 0
+        if absorber == "batchnorm":
+            model[3].running_mean.uniform_(-1, 1)
+            model[3].running_var.uniform_(0.5, 2)
+    path = _save_full(model, tmp_path / "mlp.pth")
+    out = tmp_path / "out.pth"
+    (summary,) = api.analyze(path, input_shape=(1, 16), compact_to=out).compaction["groups"]
+    folded = 0 if absorber == "none" else 2
+    assert (summary["removed"], summary["dead"], summary["constants_folded"], summary["left"]) == (1 + folded, 1, folded, 2 - folded)
+    if absorber == "none":
+        assert "has no bias and no BatchNorm" in summary["left_because"]
+    compacted = torch.load(out, weights_only=False)
+    assert compacted[0].out_features == 32 - 1 - folded
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+# -- --round-to, and masks folded by the compaction
+
+
+def _three_dead_two_constant() -> nn.Sequential:
+    """conv0: filters 1, 6, 9 dead (zero, no bias); 4 and 12 a constant 0.5 (zero, bias 0.5), which
+    folds into the 1x1 conv's bias."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight[[1, 4, 6, 9, 12]] = 0
+        model[0].bias[[1, 6, 9]] = 0
+        model[0].bias[[4, 12]] = 0.5
+    return model
+
+
+@pytest.mark.parametrize("round_to", [None, 4, 8])
+def test_round_to_keeps_widths_multiples(tmp_path: Path, round_to: int | None) -> None:
+    model = _three_dead_two_constant()
+    path = _save_full(model, tmp_path / "m.pth")
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, input_shape=SMALL, compact_to=out, round_to=round_to).compaction
+    # 16 - 5 = 11 channels: a multiple of 4 keeps one zero channel (a constant first: it needs no
+    # folding), a multiple of 8 would keep all five.
+    if round_to == 8:
+        assert c["refused"] and "kept so that widths stay multiples of --round-to" in c["refused"], c["refused"]
+        assert not out.exists()
+        return
+    expected = {None: (5, 3, 2, 0, 11), 4: (4, 3, 1, 1, 12)}[round_to]
+    (g,) = c["groups"]
+    assert (g["removed"], g["dead"], g["constants_folded"], g["kept_for_alignment"], 16 - g["removed"]) == expected
+    compacted = torch.load(out, weights_only=False)
+    assert compacted[0].out_channels == expected[4]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+def test_compaction_folds_prune_masks_of_a_full_module(tmp_path: Path) -> None:
+    import torch.nn.utils.prune as prune
+
+    model = _three_dead_two_constant()
+    prune.l1_unstructured(model[2], "weight", amount=0.25)
+    assert hasattr(model[2], "weight_mask")
+    path = _save_full(model, tmp_path / "masked.pth")
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, input_shape=SMALL, compact_to=out).compaction
+    assert c["refused"] is None and c["masks_folded"] == 1
+    compacted = torch.load(out, weights_only=False)
+    assert not [k for k in compacted.state_dict() if k.endswith(("_orig", "_mask"))]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+def three_dead_two_constant() -> nn.Sequential:
+    """The --arch factory of the next test (the dense architecture)."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
+
+
+def test_compaction_counts_the_masks_of_a_state_dict_rebuilt_on_arch(tmp_path: Path) -> None:
+    import torch.nn.utils.prune as prune
+
+    model = _three_dead_two_constant()
+    prune.l1_unstructured(model[2], "weight", amount=0.25)
+    path = tmp_path / "masked-state.pth"
+    torch.save(model.state_dict(), path)
+    out = tmp_path / "out.pth"
+    c = api.analyze(path, arch="tests.test_branches:three_dead_two_constant", input_shape=SMALL, compact_to=out).compaction
+    assert c["refused"] is None and c["masks_folded"] == 1 and c["saved_as"] == "state dict + arch"
+    compacted = api.load_pruned(out, three_dead_two_constant)
+    assert compacted[0].out_channels == 11
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)

@@ -297,6 +297,13 @@ def _save(model: nn.Module, output: Path, arch: str | None, result: CompactionRe
 
 
 def _nothing_to_remove(plans: list[tuple[ChannelGroup, _Plan]], unstructured: float | None) -> str:
+    aligned = sum(plan.summary.kept_for_alignment for _, plan in plans)
+    if aligned:
+        round_to = next(plan.summary for _, plan in plans if plan.summary.kept_for_alignment)
+        return (
+            f"all {aligned} removable channels are kept so that widths stay multiples of --round-to "
+            f"(e.g. in the group of {round_to.root}); nothing written"
+        )
     left = [plan.summary for _, plan in plans if plan.left]
     if left:
         first = left[0]
