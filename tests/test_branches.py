@@ -269,6 +269,10 @@ def test_silenced_channel_that_arrives_varying_is_not_removable(tmp_path: Path) 
     finding = _one(report, "zeroed-channels")
     (group,) = [g for g in finding.evidence["per_group"].values() if g["producers"] == ["0"]]
     assert (group["removable"], group["dead"], group["constant"], group["not_removable_exactly"]) == (1, 1, 0, 1)
+    # Channel 5 costs 27 weights and a bias in conv0, 9 in the depthwise conv, 4 in conv3; each
+    # meets its 8x8 output positions once.
+    assert finding.evidence["params_removable"] == 27 + 1 + 9 + 4
+    assert finding.evidence["macs_removable"] == (27 + 9 + 4) * 64
     c = report.compaction
     (summary,) = [g for g in c["groups"] if g["removed"] or g["left"]]
     assert (summary["removed"], summary["left"]) == (1, 1)
@@ -604,6 +608,8 @@ def test_hook_path_with_the_shortcut_as_first_operand(tmp_path: Path) -> None:
     assert finding.evidence["found_by"] == "module hooks"
     assert finding.evidence["operand_channels"] == {"block.bn2": 6, "block input": 8}
     assert "forward-failure" not in _kinds(report)
+    # The fix starts from the conv that feeds the narrow operand, and says how many channels went.
+    assert "model.get_submodule('block.conv2')" in finding.fix_code and "the 2 channel indices" in finding.fix_code
 
 
 # -- a pruned checkpoint with a layer that cannot take its narrower width
@@ -908,3 +914,78 @@ def test_compaction_counts_the_masks_of_a_state_dict_rebuilt_on_arch(tmp_path: P
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
+# -- sparsity: the channel ratio suggested, N:M requirements
+
+
+def test_unstructured_sparsity_suggests_a_channel_ratio_removing_as_many_flops(tmp_path: Path) -> None:
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.Flatten(), nn.Linear(16 * 4 * 4, 4)).eval()
+    prune.l1_unstructured(model[2], "weight", amount=0.6)
+    prune.remove(model[2], "weight")
+    path = tmp_path / "sparse.pth"
+    torch.save(model.state_dict(), path)
+    finding = _one(api.analyze(path), "unstructured-sparsity")
+    w = model[2].weight.detach()
+    # Scattered zeros: those outside the 3x3 kernels that came out entirely zero by chance.
+    whole_kernels = int((w.view(16, 16, 9) == 0).all(-1).sum())
+    zeros = int((w == 0).sum()) - 9 * whole_kernels
+    weights = sum(m.weight.numel() for m in (model[0], model[2], model[4]))
+    assert finding.modules == ["2"] and finding.evidence["zeros"] == zeros
+    assert finding.evidence["sparsity_per_layer"] == {"2": round(zeros / model[2].weight.numel(), 4)}
+    assert finding.evidence["sparsity_overall"] == round(zeros / weights, 4)
+    ratio = float(finding.fix_code.split("pruning_ratio=")[1].split(",")[0])
+    # Removing a share r of the channels of consecutive layers removes 1 - (1 - r)^2 of their FLOPs.
+    assert 1 - (1 - ratio) ** 2 == pytest.approx(zeros / weights, abs=0.02)
+    assert f"about {ratio}" in finding.fix
+    assert "ignored_layers=[model.get_submodule('4')]" in finding.fix_code
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_two_of_four_requirements(tmp_path: Path, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 48), nn.Conv2d(1, 8, (1, 4))).to(dtype).eval()
+    with torch.no_grad():
+        for layer in (model[0], model[2], model[3]):
+            groups = layer.weight.view(layer.weight.shape[0], -1, 4)
+            groups.scatter_(-1, groups.float().abs().argsort(-1)[..., :2], 0.0)
+    path = tmp_path / "semi.pth"
+    torch.save(model.state_dict(), path)
+    finding = _one(api.analyze(path), "semi-structured-sparsity")
+    layers = finding.evidence["layers"]
+    # (32, 64) fits CUTLASS's multiples of 32 rows and 64 columns; (48, 32) does not.
+    assert {name: (e["gemm_shape"], e["shape_ok"]) for name, e in layers.items()} == {
+        "0": ([32, 64], True), "2": ([48, 32], False), "3": ([8, 4], False)
+    }
+    assert all(e["dtype_ok"] == (dtype == torch.float16) for e in layers.values())
+    assert layers["3"]["kernel_support"].startswith("conv") and layers["0"]["kernel_support"] == "linear"
+    assert finding.fix_code is not None and "for name in ['0']:" in finding.fix_code
+
+
+# -- a head narrower than the reference, with outputs that differ from the dense model's
+
+
+def head_net() -> HeadNet:
+    """The --arch factory: HeadNet as it was before pruning."""
+    return HeadNet(head_in=8)
+
+
+def test_head_narrower_than_the_reference_and_its_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = head_net().state_dict()
+    state["head.0.weight"], state["head.0.bias"] = state["head.0.weight"][:2], state["head.0.bias"][:2]
+    path = tmp_path / "head.pth"
+    torch.save(state, path)
+    report = api.analyze(path, arch="tests.test_branches:head_net", input_shape=SMALL)
+    finding = _one(report, "head-shape-mismatch")
+    assert finding.modules == ["head.0"]
+    assert finding.evidence["heads"]["head.0"]["reference_out_channels"] == 4
+    assert finding.evidence["problems"] == [
+        "head: 2 output channels where the reference has 4",
+        "outputs on 1×3×8×8 are [(1, 2, 8, 8)] where --arch tests.test_branches:head_net gives [(1, 4, 8, 8)]",
+    ]
+    # 10 of the 12 conv output channels are left: a pruning ratio of 0.17.
+    assert "pruning_ratio=0.17," in finding.fix_code and "'head.0'" in finding.fix_code
