@@ -989,3 +989,24 @@ def test_head_narrower_than_the_reference_and_its_outputs(tmp_path: Path) -> Non
     ]
     # 10 of the 12 conv output channels are left: a pruning ratio of 0.17.
     assert "pruning_ratio=0.17," in finding.fix_code and "'head.0'" in finding.fix_code
+
+
+@pytest.mark.pass_failure_expected
+def test_a_failure_message_is_one_line_and_an_analyzer_error_is_not_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import analyzer.passes as passes
+    from analyzer.errors import InputError
+
+    def multiline(ctx) -> list[Finding]:
+        raise ValueError("first line\n    second line " + "x" * 400)
+
+    path = _save_full(HeadNet(head_in=8), tmp_path / "clean.pth")
+    monkeypatch.setattr(passes, "PASSES", (("multiline", multiline),))
+    (failure,) = api.analyze(path, allow_modules=("tests",), input_shape=SMALL).failures
+    assert failure["message"] == ("first line second line " + "x" * 400)[:300]
+
+    def refuses(ctx) -> list[Finding]:
+        raise InputError("the file says no")
+
+    monkeypatch.setattr(passes, "PASSES", (("refuses", refuses),))
+    with pytest.raises(InputError, match="the file says no"):  # our own errors are the CLI's one line, exit 2
+        api.analyze(path, allow_modules=("tests",), input_shape=SMALL)
