@@ -67,6 +67,7 @@ def test_failure_inside_a_head_the_head_check_does_not_explain_is_reported(tmp_p
     assert finding.evidence["module"] == "head.0"
     assert finding.evidence["exception"] == "RuntimeError"
     assert finding.evidence["error"] == expected_error[:500]
+    assert finding.message.startswith("The model fails on an input of shape [1, 3, 8, 8] in head.0: RuntimeError: ")
     assert "head-shape-mismatch" not in _kinds(report)
     assert report.verdict != "No problems found."
     result = run_cli(path, "--allow-module", "tests", "--input-shape", "1,3,8,8")
@@ -186,6 +187,8 @@ def test_compact_of_a_graph_torch_pruning_cannot_trace_is_a_refusal(tmp_path: Pa
     assert not out.exists()
     zeroed = _one(report, "zeroed-channels")
     assert zeroed.evidence["coupling_checked"] is False
+    assert "torch-pruning could not trace the model (TypeError" in zeroed.message
+    assert zeroed.fix.startswith("Remove the channels rather than zeroing them")
     assert zeroed.evidence["per_layer"]["conv"]["zeroed"] == 2
     result = run_cli(path, "--allow-module", "tests", "--input-shape", "1,3,8,8", "--compact", out)
     assert "Traceback" not in result.out + result.err
@@ -937,7 +940,9 @@ def test_unstructured_sparsity_suggests_a_channel_ratio_removing_as_many_flops(t
     assert finding.modules == ["2"] and finding.evidence["zeros"] == zeros
     assert finding.evidence["sparsity_per_layer"] == {"2": round(zeros / model[2].weight.numel(), 4)}
     assert finding.evidence["sparsity_overall"] == round(zeros / weights, 4)
+    assert finding.evidence["sparsity_in_these_layers"] == round(zeros / w.numel(), 4)
     ratio = float(finding.fix_code.split("pruning_ratio=")[1].split(",")[0])
+    assert ratio == round(ratio, 2)  # a ratio to type, not a computed float
     # Removing a share r of the channels of consecutive layers removes 1 - (1 - r)^2 of their FLOPs.
     assert 1 - (1 - ratio) ** 2 == pytest.approx(zeros / weights, abs=0.02)
     assert f"about {ratio}" in finding.fix
@@ -947,9 +952,9 @@ def test_unstructured_sparsity_suggests_a_channel_ratio_removing_as_many_flops(t
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_two_of_four_requirements(tmp_path: Path, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 48), nn.Conv2d(1, 8, (1, 4))).to(dtype).eval()
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 48), nn.Conv2d(1, 8, (1, 4)), nn.Linear(16, 1)).to(dtype).eval()
     with torch.no_grad():
-        for layer in (model[0], model[2], model[3]):
+        for layer in (model[0], model[2], model[3], model[4]):
             groups = layer.weight.view(layer.weight.shape[0], -1, 4)
             groups.scatter_(-1, groups.float().abs().argsort(-1)[..., :2], 0.0)
     path = tmp_path / "semi.pth"
@@ -958,8 +963,10 @@ def test_two_of_four_requirements(tmp_path: Path, dtype: torch.dtype) -> None:
     layers = finding.evidence["layers"]
     # (32, 64) fits CUTLASS's multiples of 32 rows and 64 columns; (48, 32) does not.
     assert {name: (e["gemm_shape"], e["shape_ok"]) for name, e in layers.items()} == {
-        "0": ([32, 64], True), "2": ([48, 32], False), "3": ([8, 4], False)
+        "0": ([32, 64], True), "2": ([48, 32], False), "3": ([8, 4], False), "4": ([1, 16], False)
     }
+    assert all(isinstance(v, int) for e in layers.values() for v in e["gemm_shape"])
+    assert finding.message.startswith("4 layers follow an N:M pattern (2:4)")
     assert all(e["dtype_ok"] == (dtype == torch.float16) for e in layers.values())
     assert layers["3"]["kernel_support"].startswith("conv") and layers["0"]["kernel_support"] == "linear"
     assert finding.fix_code is not None and "for name in ['0']:" in finding.fix_code
@@ -1010,3 +1017,75 @@ def test_a_failure_message_is_one_line_and_an_analyzer_error_is_not_a_failure(tm
     monkeypatch.setattr(passes, "PASSES", (("refuses", refuses),))
     with pytest.raises(InputError, match="the file says no"):  # our own errors are the CLI's one line, exit 2
         api.analyze(path, allow_modules=("tests",), input_shape=SMALL)
+
+
+def test_a_single_two_of_four_layer(tmp_path: Path) -> None:
+    linear = nn.Linear(64, 32)
+    with torch.no_grad():
+        groups = linear.weight.view(32, -1, 4)
+        groups.scatter_(-1, groups.abs().argsort(-1)[..., :2], 0.0)
+    path = tmp_path / "one.pth"
+    torch.save({"fc.weight": linear.weight.detach(), "fc.bias": linear.bias.detach()}, path)
+    finding = _one(api.analyze(path), "semi-structured-sparsity")
+    assert finding.message.startswith("1 layer follows an N:M pattern (2:4)")
+
+
+# -- detection heads: anchors that disagree, and the loss error on this input
+
+
+class TwoHeads(nn.Module):
+    """Box and class heads reshaped to (N, -1, K), with no anchor count to compare with: the box
+    head holds 2 anchors of 4 values; a class head of 6 channels holds 3 anchors of 2, and
+    disagrees with it."""
+
+    def __init__(self, class_channels: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3, padding=1)
+        self.box_head = nn.Conv2d(8, 8, 1)
+        self.cls_head = nn.Conv2d(8, class_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.relu(self.body(x))
+        boxes = self.box_head(f).permute(0, 2, 3, 1).contiguous()
+        classes = self.cls_head(f).permute(0, 2, 3, 1).contiguous()
+        return boxes.view(boxes.shape[0], -1, 4), classes.view(classes.shape[0], -1, 2)
+
+
+@pytest.mark.parametrize("class_channels", [4, 6])
+def test_heads_that_disagree_on_anchors(tmp_path: Path, class_channels: int) -> None:
+    path = _save_full(TwoHeads(class_channels), tmp_path / "heads.pth")
+    report = api.analyze(path, allow_modules=("tests",), input_shape=SMALL)
+    if class_channels == 4:  # 2 anchors each: they agree
+        assert "head-shape-mismatch" not in _kinds(report)
+        return
+    finding = _one(report, "head-shape-mismatch")
+    assert finding.evidence["problems"] == ["the heads disagree on anchors per location (box_head: 2, cls_head: 3)"]
+    assert {conv: h["anchors_per_location"] for conv, h in finding.evidence["heads"].items()} == {"box_head": 2, "cls_head": 3}
+
+
+def _retinaface_with(family: str, width: int) -> nn.Module:
+    from analyzer.zoo import retinaface_mnet
+
+    torch.manual_seed(0)
+    model = retinaface_mnet().eval()
+    for head in getattr(model, family):
+        head.conv1x1 = nn.Conv2d(64, width, 1)
+    return model
+
+
+def test_box_head_with_three_anchors_names_the_loss_error(tmp_path: Path) -> None:
+    model = _retinaface_with("BboxHead", 12)  # 3 anchors of 4 values where the priors hold 2
+    with torch.no_grad():
+        boxes = model(torch.randn(1, 3, 128, 128))[0]
+    assert boxes.shape == (1, 3 * 336, 4)  # the oracle: 16*16 + 8*8 + 4*4 = 336 positions, 3 boxes each
+    report = api.analyze(_save_full(model, tmp_path / "rf.pth"), input_shape=(1, 3, 128, 128))
+    finding = _one(report, "head-shape-mismatch")
+    assert "emits 1008 boxes per image against 672 priors" in finding.message
+    assert "Target sizes: [N, 1008, 4]. Tensor sizes: [N, 672, 1]" in finding.message
+
+
+def test_class_head_pruned_alone_has_no_box_loss_line(tmp_path: Path) -> None:
+    report = api.analyze(_save_full(_retinaface_with("ClassHead", 2), tmp_path / "rf.pth"), input_shape=(1, 3, 128, 128))
+    finding = _one(report, "head-shape-mismatch")
+    assert any(p.startswith("ClassHead (3 levels): 2 output channels, that is 1 anchor") for p in finding.evidence["problems"])
+    assert "Target sizes" not in finding.message and "boxes per image" not in finding.message
