@@ -151,12 +151,12 @@ def _analyze(
         with progress.stage("profiling"):
             ctx.profile, ctx.profile_skipped = _profile(ctx, options)
     with progress.stage("checking"):
-        findings, not_analysed = run_passes(ctx)
-    report = build_report(ctx, findings, not_analysed)
+        results = run_passes(ctx)
+    report = build_report(ctx, results.findings, results.not_analysed, [f.to_dict() for f in results.failures])
     report.profile = ctx.profile.to_dict() if ctx.profile else None
     if compact_to is not None:
         with progress.stage("compacting"):
-            report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, findings).to_dict()
+            report.compaction = _compact(ctx, Path(compact_to), Path(path), arch, round_to, results.findings).to_dict()
     return report
 
 

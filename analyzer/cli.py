@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diagnose a pruned PyTorch checkpoint: zeros vs removed channels, broken residuals "
         "and heads, failed loads, and why pruning did not make it faster.",
         epilog=f"Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it, 2 the file could not be analysed "
-        f"(or the arguments are wrong). Configuration: [tool.{DISTRIBUTION}] in pyproject.toml.",
+        f"(or a check failed, or the arguments are wrong). Configuration: [tool.{DISTRIBUTION}] in pyproject.toml.",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH", help="checkpoint files (.pth, .pt, .bin, .safetensors, TorchScript) or save_pretrained folders / shard indexes; several make a comparison")
     parser.add_argument("--demo", action="store_true", help="make the classic broken checkpoints in a temp folder (or --demo-dir) and analyse each")
@@ -147,6 +147,7 @@ def _run(argv: list[str]) -> int:
         results = _analyse(args, settings)
     results = _processed(results, settings, args, argv)
     _write_outputs(results, settings, args)
+    _say_failures(results.reports, args.debug)
     return _exit_code(results.reports, settings.fail_on)
 
 
@@ -466,7 +467,22 @@ def _write(path: Path, text: str, write: Any) -> None:
         raise InputError(f"{path}: cannot write it ({e.strerror or e})") from e
 
 
+def _say_failures(reports: list[Any], debug: bool) -> None:
+    """A check that raised is an incomplete analysis: one line each on stderr (the traceback with --debug)."""
+    for report in reports:
+        for failure in report.failures:
+            if debug and failure.get("traceback"):
+                print(failure["traceback"].rstrip(), file=sys.stderr)
+            print(
+                f"analyze: error: {report.source.path}: the {failure['pass']} check failed "
+                f"({failure['exception']}: {failure['message']}); the analysis is incomplete",
+                file=sys.stderr,
+            )
+
+
 def _exit_code(reports: list[Any], fail_on: str) -> int:
+    if any(report.failures for report in reports):
+        return EXIT_CANNOT_ANALYSE  # incomplete: whatever the findings say, some checks did not run
     if fail_on == "never":
         return EXIT_OK
     from .report.model import Severity

@@ -182,14 +182,19 @@ def assert_clean(
 ) -> Any:
     """Analyse `path` (a checkpoint, or an in-memory module with `example_input=`) and fail
     (AssertionError) on findings at or above `fail_on` — "error" by default, as the CLI.
-    `ignore`/`select`: finding kinds, as `--ignore`/`--select`. Returns the report."""
+    `ignore`/`select`: finding kinds, as `--ignore`/`--select`. An incomplete analysis (a
+    check that failed) fails too: it proves nothing clean. Returns the report."""
     from .api import analyze
     from .report.model import Severity
     from .report.process import check_kinds, select_kinds
 
+    report = analyze(path, **analyze_kwargs)
+    if report.failures:  # an incomplete analysis proves nothing clean
+        listed = "\n".join(f"  {f['pass']}: {f['exception']}: {f['message']}" for f in report.failures)
+        raise AssertionError(f"{path}: the analysis is incomplete, {len(report.failures)} check(s) failed:\n{listed}")
     threshold = Severity(fail_on)
     ignored, selected = check_kinds(list(ignore), "ignore"), check_kinds(list(select), "select")
-    (report,) = select_kinds([analyze(path, **analyze_kwargs)], selected, ignored)
+    (report,) = select_kinds([report], selected, ignored)
     bad = [f for f in report.findings if f.severity.at_least(threshold)]
     if bad:
         listed = "\n".join(f"  {f.severity.value} {f.kind} [{', '.join(f.modules[:5])}]: {f.message}" for f in bad)

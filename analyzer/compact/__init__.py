@@ -15,7 +15,6 @@ Everything runs single-threaded (see `model/threads.py`).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,11 @@ from ..errors import UsageError
 from ..outputs import atomic_write
 from .result import CompactionResult, GroupCompaction
 
-__all__ = ["CompactionResult", "GroupCompaction", "compact"]
+__all__ = ["CompactionResult", "GroupCompaction", "compact", "VERIFY_TOLERANCE"]
+
+#: Outputs may differ by this share of their largest magnitude (at least 1) after compaction:
+#: float32 reassociation when channels go and constants are folded, far below any real change.
+VERIFY_TOLERANCE = 1e-4
 
 
 def compact(
@@ -72,33 +75,50 @@ def _compact(
 ) -> CompactionResult:
     work = model.module.eval()
     example = model.example_input
+    result = CompactionResult(output=None, round_to=round_to)
+    try:
+        model.dependency_graph()
+    except Exception as e:  # torch-pruning raises many kinds on graphs it cannot trace
+        result.refused = (
+            f"torch-pruning cannot trace this model ({type(e).__name__}: {' '.join(str(e).split())[:160]}), so its "
+            "coupled channels are unknown and none can be removed safely; nothing written"
+        )
+        return result
     probed = model.probed()  # before anything changes: its outputs are what the result must reproduce
     folded_here = _fold_masks(work)
     if folded_here:
         model.forget_derived(keep=("probed",))  # the graph was traced through the mask hooks
-    result = CompactionResult(output=None, masks_folded=folded_here + (masks_in_file if model.origin != "checkpoint" else 0), round_to=round_to)
+    result.masks_folded = folded_here + (masks_in_file if model.origin != "checkpoint" else 0)
     result.params_before = _params(work)
     result.macs_before = model.macs.per_sample if model.macs is not None else count_macs(work, example).per_sample
     graph = model.dependency_graph()
     groups = [g for g in model.coupled_groups() if g.consumers()]
     plans = [_plan(work, group, probed.ranges, round_to, zero_tol) for group in groups]
     plans = [(group, plan) for group, plan in zip(groups, plans) if plan.removed or plan.left or plan.summary.kept_for_alignment]
+    for group, plan in plans:
+        refusal = _refusal(work, graph, _pruning_group(work, graph, group, plan)) if plan.remove else None
+        if refusal:
+            plan.leave(refusal)
     if not any(plan.removed for _, plan in plans) and not result.masks_folded:
         result.refused = _nothing_to_remove(plans, unstructured_sparsity)
         return result
+    # Every constant is folded before any channel goes: a consumer's input indices are the
+    # graph's until the first prune shifts them.
     for group, plan in plans:
         _fold_constants(work, group, plan)
     for group, plan in plans:
-        _prune(work, graph, group, plan)
+        refusal = _prune(work, graph, group, plan)
+        if refusal:
+            plan.leave(refusal)  # its constants are folded already: the verification below refuses the result
     model.forget_derived()  # the module changed: graph, groups and probe ranges describe the old one
     result.groups = [plan.summary for _, plan in plans]
     result.params_after = _params(work)
     result.macs_after = count_macs(work, example).per_sample
-    result.max_abs_diff, result.tolerance = _difference(probed.outputs, work, probed.inputs)
-    if result.max_abs_diff > result.tolerance:
-        result.refused = (
-            f"verification failed: outputs differ by {result.max_abs_diff:.3g} (tolerance {result.tolerance:.3g}); nothing written"
-        )
+    result.max_abs_diff, result.tolerance, problem = _difference(probed.outputs, work, probed.inputs)
+    if problem is None and result.max_abs_diff is not None and result.max_abs_diff > result.tolerance:
+        problem = f"outputs differ by {result.max_abs_diff:.3g} (tolerance {result.tolerance:.3g})"
+    if problem is not None:
+        result.refused = f"verification failed: {problem}; nothing written"
         return result
     _save(work, output, arch, result)
     return result
@@ -117,6 +137,14 @@ class _Plan:
     @property
     def left(self) -> int:
         return self.summary.left
+
+    def leave(self, reason: str) -> None:
+        """None of the group's silent channels go, for `reason`."""
+        summary = self.summary
+        summary.left += summary.removed + summary.kept_for_alignment
+        summary.removed = summary.dead = summary.constants_folded = summary.kept_for_alignment = 0
+        summary.left_because = "; ".join(r for r in (reason, summary.left_because) if r)
+        self.remove = {}
 
 
 def _check_output(output: Path, input_path: Path) -> None:
@@ -194,37 +222,71 @@ def _fold_constants(model: nn.Module, group: ChannelGroup, plan: _Plan) -> None:
                     bn.running_mean -= delta  # type: ignore[union-attr, operator]
 
 
-def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> None:
+def _pruning_group(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> Any:
+    """torch-pruning's group for removing the plan's channels (from the group's first layer)."""
     import torch_pruning as tp
 
-    if not plan.remove:
-        return
     root = group.members[0]
     module = dict(model.named_modules())[root.name]
     prune_fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
     idxs = sorted(root.idxs[i] for i in plan.remove)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruning_group = graph.get_pruning_group(module, prune_fn, idxs=idxs)
-        if graph.check_pruning_group(pruning_group):
+        return graph.get_pruning_group(module, prune_fn, idxs=idxs)
+
+
+def _refusal(model: nn.Module, graph: Any, pruning_group: Any) -> str | None:
+    """Why torch-pruning will not prune `pruning_group` (its check_pruning_group), or None."""
+    if graph.check_pruning_group(pruning_group):
+        return None
+    names = {module: name for name, module in model.named_modules()}
+    for dep, idxs in pruning_group:
+        module = dep.target.module
+        if graph.is_out_channel_pruning_fn(dep.handler):
+            channels = graph.get_out_channels(module)
+        elif graph.is_in_channel_pruning_fn(dep.handler):
+            channels = graph.get_in_channels(module)
+        else:
+            continue
+        if channels is not None and channels <= len(idxs) and module in names:
+            return f"torch-pruning refuses to remove them: {names[module]!r} would be left with no channel"
+    return "torch-pruning refuses to remove them (check_pruning_group failed)"
+
+
+def _prune(model: nn.Module, graph: Any, group: ChannelGroup, plan: _Plan) -> str | None:
+    """Remove the plan's channels; why not, when torch-pruning refuses."""
+    if not plan.remove:
+        return None
+    pruning_group = _pruning_group(model, graph, group, plan)
+    refusal = _refusal(model, graph, pruning_group)
+    if refusal is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             pruning_group.prune()
+    return refusal
 
 
-def _difference(reference_outputs: list[Any], model: nn.Module, probe: list[ExampleInput]) -> tuple[float, float]:
-    """Largest difference between `model`'s outputs on the probe inputs and the outputs recorded before compaction."""
+def _difference(reference_outputs: list[Any], model: nn.Module, probe: list[ExampleInput]) -> tuple[float | None, float, str | None]:
+    """The largest difference between `model`'s outputs on the probe inputs and the outputs
+    recorded before compaction, the tolerance it must stay under, and why the outputs cannot
+    be compared at all (None when they can)."""
     from ..model.trace import tensor_shapes
 
     worst = 0.0
     scale = 0.0
     with torch.inference_mode():
         for x, reference_output in zip(probe, reference_outputs, strict=True):
-            expected, got = _flatten(reference_output), _flatten(x.call(model))
+            expected = _flatten(reference_output)
+            try:
+                got = _flatten(x.call(model))
+            except Exception as e:  # the compacted model no longer runs: that is the verification's answer
+                return None, 0.0, f"the compacted model fails on the probe inputs ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
             if tensor_shapes(expected) != tensor_shapes(got):
-                return math.inf, 0.0
+                return None, 0.0, f"output shapes changed from {tensor_shapes(expected)} to {tensor_shapes(got)}"
             for a, b in zip(expected, got):
                 worst = max(worst, float((a.float() - b.float()).abs().max()))
                 scale = max(scale, float(a.float().abs().max()))
-    return worst, 1e-4 * max(1.0, scale)
+    return worst, VERIFY_TOLERANCE * max(1.0, scale), None
 
 
 def _flatten(value: Any) -> list[torch.Tensor]:
@@ -259,6 +321,13 @@ def _save(model: nn.Module, output: Path, arch: str | None, result: CompactionRe
 
 
 def _nothing_to_remove(plans: list[tuple[ChannelGroup, _Plan]], unstructured: float | None) -> str:
+    aligned = sum(plan.summary.kept_for_alignment for _, plan in plans)
+    if aligned:
+        round_to = next(plan.summary for _, plan in plans if plan.summary.kept_for_alignment)
+        return (
+            f"all {aligned} removable channels are kept so that widths stay multiples of --round-to "
+            f"(e.g. in the group of {round_to.root}); nothing written"
+        )
     left = [plan.summary for _, plan in plans if plan.left]
     if left:
         first = left[0]

@@ -37,7 +37,7 @@ from .inputs import ExampleInput, model_input, random_input, takes_tokens
 from .macs import MacCount, count_macs
 from .modules import tied_names
 from .silence import ChannelRange, consumer_ranges, probe_inputs
-from .threads import ANALYSIS_THREADS, single_threaded
+from .threads import single_threaded
 from .trace import ForwardFailure, ModuleCall, Trace, run_traced
 
 __all__ = [

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from .inputs import ExampleInput
@@ -94,7 +93,8 @@ def coupled_groups(model: nn.Module, example: ExampleInput, graph: Any = None) -
     graph = graph if graph is not None else dependency_graph(model, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw_groups = list(graph.get_all_groups(root_module_types=[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear]))
+        # Every convolution, transposed ones included (their output channels are weight dim 1).
+        raw_groups = list(graph.get_all_groups(root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
     groups = []
     for raw in raw_groups:
         members: list[GroupMember] = []

@@ -61,8 +61,9 @@ def trace_graph(model: nn.Module, example: ExampleInput | torch.Tensor) -> Graph
     try:
         with torch.inference_mode(), single_threaded():  # see threads.py
             interpreter.run(*example.args)
-    except Exception:  # noqa: BLE001 - the failure is recorded by the interpreter
-        pass
+    except Exception:  # the model's own failure: run_node recorded the op it happened at
+        if interpreter.trace.failure is None:
+            return None  # it happened outside every node: no op to name, fall back to module hooks
     return interpreter.trace
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from ..load.extract import tolerant_named_modules
 from .graph import VIEW_OPS, GraphTrace
 from ..tensors.layers import Layer
 
@@ -62,7 +63,8 @@ def find_heads(
     by_name = {layer.name: layer for layer in layers}
     convs = _head_convs(layers, module_types, graph)
     views = _view_values(graph)
-    modules = dict(module.named_modules()) if module is not None else {}
+    # The checkpoint's own module tree may be one a crafted pickle left without its tables.
+    modules = dict(tolerant_named_modules(module)) if module is not None else {}
     heads = []
     for name in convs:
         layer = by_name[name]

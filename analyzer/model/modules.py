@@ -1,13 +1,21 @@
 """Facts about torch.nn layers that several rooms ask: is a conv depthwise, which
-BatchNorm follows a layer. One rule each, here."""
+BatchNorm follows a layer, which axis of its input a layer reads as channels. One rule
+each, here."""
 
 from __future__ import annotations
+
+import sys
 
 import torch.nn as nn
 
 from ..tensors.layers import adjacent
 
-__all__ = ["is_depthwise", "batchnorm_after", "tied_names"]
+__all__ = ["is_depthwise", "batchnorm_after", "tied_names", "input_channel_axis"]
+
+#: Layers whose weight reads the last axis of the input: (N, *, features).
+_FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.MultiheadAttention)
+#: Layers whose weight reads axis 1: (N, C, *spatial).
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.PReLU)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -33,3 +41,17 @@ def tied_names(module: nn.Module) -> list[tuple[str, ...]]:
     for name, tensor in module.state_dict(keep_vars=True).items():
         groups.setdefault(id(tensor), []).append(name)
     return [tuple(names) for names in groups.values() if len(names) > 1]
+
+
+def input_channel_axis(module: nn.Module) -> int | None:
+    """The axis of `module`'s input that its weight reads as channels: the last for a
+    Linear (fed (N, F) or (N, T, F) alike), 1 for convolutions and norms over (N, C, ...);
+    None for a layer whose weight layout is not known here (its channels are not guessed)."""
+    if isinstance(module, _FEATURES_LAST):
+        return -1
+    if isinstance(module, _CHANNELS_FIRST):
+        return 1
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    if isinstance(conv1d, type) and isinstance(module, conv1d):
+        return -1  # transformers' Conv1D (GPT-2): a Linear whose weight is stored (in, out)
+    return None

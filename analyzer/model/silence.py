@@ -18,7 +18,7 @@ import torch.nn as nn
 from .coupling import ChannelGroup
 from .inputs import ExampleInput
 from ..tensors.patterns import zero_mask
-from .modules import batchnorm_after
+from .modules import batchnorm_after, input_channel_axis, is_depthwise
 
 __all__ = [
     "ChannelRange",
@@ -47,20 +47,31 @@ class ChannelFate:
     constants: dict[str, float] = field(default_factory=dict)
     #: The first consumer that receives a varying signal, if any.
     varying_at: str | None = None
+    #: The first consumer whose input was not observed on the probes (it did not run on
+    #: them, or its input has no channel axis known here): nothing can be vouched for it.
+    unobserved_at: str | None = None
+
+    @property
+    def observed(self) -> bool:
+        return self.varying_at is None and self.unobserved_at is None
 
     @property
     def dead(self) -> bool:
-        return self.varying_at is None and not any(self.constants.values())
+        return self.observed and not any(self.constants.values())
 
     @property
     def constant(self) -> bool:
-        return self.varying_at is None and any(self.constants.values())
+        return self.observed and any(self.constants.values())
 
     def blocked_by(self, modules: dict[str, nn.Module]) -> str | None:
         """Why this channel cannot be removed exactly, or None when it can."""
+        if self.unobserved_at is not None:
+            return f"what {self.unobserved_at} receives on it was not observed (it did not run on the probe inputs)"
         if self.varying_at is not None:
             return f"{self.varying_at} receives a varying signal on it (a padded depthwise conv or the like in between)"
         for name, value in self.constants.items():
+            if _grouped(modules.get(name)):
+                return f"it reaches {name}, a grouped conv, whose groups cannot lose single channels"
             why = constant_unfoldable(modules, name) if value else None
             if why:
                 return f"it carries a constant into {name}, which {why}"
@@ -104,6 +115,7 @@ def consumer_ranges(
     model: nn.Module, groups: list[ChannelGroup], probe: list[ExampleInput], outputs: list[Any] | None = None
 ) -> dict[str, ChannelRange]:
     """Per consuming layer: each input channel's min and max over all probe inputs and positions.
+    A channel is an index along the axis the layer's weight reads (input_channel_axis).
 
     outputs: when given, the model's output on each probe input is appended to it (so that
     a later check against these outputs need not run the model again)."""
@@ -112,11 +124,14 @@ def consumer_ranges(
     ranges: dict[str, ChannelRange] = {}
 
     def hook(name: str) -> Any:
-        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            if x is None or x.dim() < 2:
-                return
-            per_channel = x.detach().transpose(0, 1).reshape(x.shape[1], -1)
+        axis = input_channel_axis(modules[name])
+
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            x = first if isinstance(first, torch.Tensor) else None
+            if x is None or axis is None or x.dim() < 2 or not x.is_floating_point():
+                return  # not observed: channel_fates cannot vouch for this consumer
+            per_channel = x.detach().movedim(axis, 0).reshape(x.shape[axis], -1)
             low, high = per_channel.min(1).values, per_channel.max(1).values
             if name in ranges:
                 low, high = torch.minimum(ranges[name].low, low), torch.maximum(ranges[name].high, high)
@@ -124,7 +139,7 @@ def consumer_ranges(
 
         return record
 
-    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in wanted]
+    handles = [modules[name].register_forward_pre_hook(hook(name), with_kwargs=True) for name in wanted]
     try:
         with torch.inference_mode():
             for x in probe:
@@ -143,8 +158,8 @@ def channel_fates(group: ChannelGroup, channels: set[int], ranges: dict[str, Cha
         fate = ChannelFate()
         for consumer in group.consumers():
             seen = ranges.get(consumer.name)
-            if seen is None:
-                fate.varying_at = consumer.name  # did not run: cannot vouch for it
+            if seen is None or consumer.idxs[index] >= seen.low.numel():
+                fate.unobserved_at = consumer.name
                 break
             low, high = float(seen.low[consumer.idxs[index]]), float(seen.high[consumer.idxs[index]])
             if high - low > zero_tol:
@@ -162,11 +177,16 @@ def constant_unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
     module = modules.get(name)
     if isinstance(module, nn.Linear):
         return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "is a transposed conv (its outputs overlap a varying number of taps, so the constant is not uniform)"
     if isinstance(module, nn.modules.conv._ConvNd):
-        padding = module.padding if isinstance(module.padding, tuple) else (module.padding,)
-        if isinstance(module.padding, str) or any(p != 0 for p in padding):
+        padding = module.padding if isinstance(module.padding, (tuple, str)) else (module.padding,)
+        if padding != "valid" and (isinstance(padding, str) or any(p != 0 for p in padding)):
             return "is a padded conv (its borders see padding, not the constant)"
-        if module.groups != 1:
-            return "is a grouped conv"
         return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
     return f"is a {type(module).__name__}"
+
+
+def _grouped(module: nn.Module | None) -> bool:
+    """A grouped conv that is not depthwise: removing one input channel unbalances its groups."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not is_depthwise(module)

@@ -1,12 +1,16 @@
 """Passes: small functions `(PassContext) -> list[Finding]`, run in this order.
 
 A pass never prints. One that cannot run on the input raises PassSkipped and the
-report says what was not analysed.
+report says what was not analysed. Any other exception inside a pass is an analyzer
+failure: the report names the pass and the exception (with its traceback for --debug),
+the CLI exits 2 because the analysis is incomplete, and the test suite fails on it.
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..errors import AnalyzerError
 from ..report.model import Finding
@@ -27,7 +31,7 @@ from . import (
 )
 from .context import AnalysisOptions, PassContext, PassSkipped
 
-__all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "AnalysisOptions", "run_passes"]
+__all__ = ["PASSES", "Pass", "PassContext", "PassSkipped", "PassFailure", "PassResults", "AnalysisOptions", "run_passes"]
 
 Pass = Callable[[PassContext], list[Finding]]
 
@@ -58,17 +62,39 @@ PASSES: tuple[tuple[str, Pass], ...] = (
 )
 
 
-def run_passes(ctx: PassContext, passes: tuple[tuple[str, Pass], ...] = PASSES) -> tuple[list[Finding], list[str]]:
-    """Every pass's findings, and a line for each pass that could not run."""
-    findings: list[Finding] = []
-    skipped: list[str] = []
-    for name, run in passes:
+@dataclass(frozen=True)
+class PassFailure:
+    """A pass that raised: a bug in the analyzer (or a model it does not handle), not a finding."""
+
+    #: The pass's name in the registry ("zeroed channels").
+    name: str
+    exception: str
+    message: str
+    traceback: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"pass": self.name, "exception": self.exception, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass
+class PassResults:
+    findings: list[Finding] = field(default_factory=list)
+    #: A line for each pass that could not run on this input (PassSkipped), saying why.
+    not_analysed: list[str] = field(default_factory=list)
+    failures: list[PassFailure] = field(default_factory=list)
+
+
+def run_passes(ctx: PassContext, passes: tuple[tuple[str, Pass], ...] | None = None) -> PassResults:
+    """Every pass's findings, a line for each pass that could not run, and each pass that failed."""
+    results = PassResults()
+    for name, run in PASSES if passes is None else passes:
         try:
-            findings.extend(run(ctx))
+            results.findings.extend(run(ctx))
         except PassSkipped as reason:
-            skipped.append(f"{name}: {reason}")
+            results.not_analysed.append(f"{name}: {reason}")
         except AnalyzerError:
             raise
-        except Exception as e:  # a malformed model must cost one check, not the report
-            skipped.append(f"{name}: could not run on this input ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
-    return findings, skipped
+        except Exception as e:  # one broken check must not cost the others; the report says it failed
+            message = " ".join(str(e).split())[:300]
+            results.failures.append(PassFailure(name, type(e).__name__, message, traceback.format_exc()))
+    return results

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,6 +27,8 @@ from ..tensors.patterns import (
 from ..tensors.stats import SMALL_TENSOR, TensorStats, tensor_stats, tensor_stats_many
 
 __all__ = ["AnalysisOptions", "PassContext", "PassSkipped"]
+
+_T = TypeVar("_T")
 
 
 class PassSkipped(Exception):
@@ -51,6 +54,14 @@ class PassContext:
     _stats: dict[str, TensorStats] = field(default_factory=dict, repr=False)
     _patterns: dict[str, WeightPattern | BatchNormPattern | None] = field(default_factory=dict, repr=False)
     _graph: list[GraphTrace | None] = field(default_factory=list, repr=False)
+    _once: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def once(self, key: str, compute: Callable[[], _T]) -> _T:
+        """`compute()` the first time `key` is asked for, the same value after: a pass that
+        another consults (is this failure yours?) runs once."""
+        if key not in self._once:
+            self._once[key] = compute()
+        return self._once[key]  # type: ignore[no-any-return]
 
     @property
     def model(self) -> Model | None:

@@ -2,9 +2,10 @@
 
 Any exception of the forward pass becomes this finding, at the innermost module that
 was running when it was raised — never a traceback. Passes that can explain the
-failure better (residual and head checks) report their own kind for the same module.
-A reshape into (batch, tokens, heads, head_dim) that fails is attributed to the attention
-module that does it, however deep the call that raised.
+failure better (residual, head and attention checks) report their own kind instead, but
+only when they do report a finding for it: a failure nothing else explains is always
+reported. A reshape into (batch, tokens, heads, head_dim) that fails is attributed to the
+attention module that does it, however deep the call that raised.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..model.attention import sites_from_layers
 from ..model.inputs import ExampleInput
 from ..model.trace import ForwardFailure
 from ..report.model import Finding, Severity
-from . import attention_head_mismatch, residual_mismatch
+from . import attention_head_mismatch, head_shape_mismatch, residual_mismatch
 from .context import PassContext
 
 KIND = "forward-failure"
@@ -28,8 +29,8 @@ def run(ctx: PassContext) -> list[Finding]:
         return []
     failure = model.trace.failure
     assert failure is not None
-    if _in_a_head(ctx, failure.module) or residual_mismatch.explains(ctx):
-        return []  # the head and residual checks explain this one
+    if residual_mismatch.explains(ctx) or head_shape_mismatch.explains(ctx, failure.module):
+        return []  # reported as residual-mismatch or head-shape-mismatch, which say more
     if attention_head_mismatch.explains(ctx):
         return []  # reported as attention-head-mismatch, with the widths and the fix
     where = _attention_module(ctx, failure) or failure.module or "<model>"
@@ -62,12 +63,6 @@ def _input_phrase(example: ExampleInput) -> str:
     if example.single is not None:
         return f"an input of shape {list(example.shape)}"
     return f"the inputs {example.describe()}"
-
-
-def _in_a_head(ctx: PassContext, module: str) -> bool:
-    from .head_shape_mismatch import detected_heads
-
-    return any(module == head.conv or head.conv.startswith(module + ".") for head in detected_heads(ctx) if module)
 
 
 _RESHAPE = re.compile(r"shape '\[([-\d, ]+)\]' is invalid for input of size (\d+)")

@@ -47,6 +47,21 @@ def run(ctx: PassContext) -> list[Finding]:
     return [_finding(ctx, heads, problems)]
 
 
+def explains(ctx: PassContext, module: str) -> bool:
+    """Whether this pass reports a problem with the head that `module` (where the forward
+    pass failed) is or holds — the failure is then a consequence of that problem."""
+    if not module:
+        return False
+    return any(conv == module or conv.startswith(module + ".") for conv in _at_fault(detected_heads(ctx)))
+
+
+def _at_fault(heads: list[Head]) -> list[str]:
+    """The head convs a problem of `_problems` is about."""
+    if _anchors_disagree(heads):
+        return [h.conv for h in heads]
+    return [h.conv for h in heads if _problem(h)]
+
+
 def detected_heads(ctx: PassContext) -> list[Head]:
     model = ctx.model
     reference = ctx.matching_reference
@@ -75,11 +90,15 @@ def _problems(heads: list[Head]) -> list[str]:
                 problems.append(f"{family}{levels}: {problem}")
         else:
             problems += [f"{h.conv}: {p}" for h in members if (p := _problem(h))]
-    anchors_by_family = _anchors_by_family(heads)
-    if not any(h.expected_anchors for h in heads) and len(set(anchors_by_family.values()) - {None}) > 1:
-        listed = ", ".join(f"{family}: {count:g}" for family, count in anchors_by_family.items() if count is not None)
+    if _anchors_disagree(heads):
+        listed = ", ".join(f"{family}: {count:g}" for family, count in _anchors_by_family(heads).items() if count is not None)
         problems.append(f"the heads disagree on anchors per location ({listed})")
     return problems
+
+
+def _anchors_disagree(heads: list[Head]) -> bool:
+    """Without an expected anchor count, the families must at least agree with each other."""
+    return not any(h.expected_anchors for h in heads) and len(set(_anchors_by_family(heads).values()) - {None}) > 1
 
 
 def _problem(head: Head) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ..model.graph import BINARY_OPS, CAT_OPS, OpRecord
-from ..model.coupling import coupled_groups
+from ..model.coupling import coupled_groups, dependency_graph
 from ..tensors.layers import Layer, adjacent
 from ..report.model import Finding, Severity
 from .context import PassContext
@@ -36,6 +36,10 @@ group.prune()"""
 
 
 def run(ctx: PassContext) -> list[Finding]:
+    return ctx.once(KIND, lambda: _run(ctx))
+
+
+def _run(ctx: PassContext) -> list[Finding]:
     model = ctx.model
     if model is None:
         return _static(ctx)
@@ -147,9 +151,10 @@ def _coupled_with(ctx: PassContext, module: str) -> list[str]:
     if reference is None or reference.module is None or ctx.model is None:
         return []
     try:
-        groups = coupled_groups(reference.module, ctx.model.example_input)
-    except Exception:  # the reference may not trace either; the finding stands without it
+        graph = dependency_graph(reference.module, ctx.model.example_input)
+    except Exception:  # torch-pruning may not trace the reference either; the finding stands without it
         return []
+    groups = coupled_groups(reference.module, ctx.model.example_input, graph)
     for group in groups:
         names = [m.name for m in group.members]
         if module in names or any(module.startswith(n + ".") for n in names):

@@ -123,7 +123,7 @@ def _semi_structured(semi: list[tuple[Layer, WeightPattern]]) -> Finding:
         severity=Severity.INFO,
         modules=list(per_layer),
         message=(
-            f"{len(semi)} layer{'s' if len(semi) != 1 else ''} follow an N:M pattern "
+            f"{len(semi)} {'layers follow' if len(semi) != 1 else 'layer follows'} an N:M pattern "
             f"({', '.join(sorted({p.label for _, p in semi}))}): sparse tensor cores can run 2:4 GEMMs up to about "
             "1.5× faster, but only in fp16/bf16/int8 on GPUs of compute capability 8.0 or newer; stored dense, as "
             "here, they run at dense speed."

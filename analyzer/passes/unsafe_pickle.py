@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from ..load import ResolvedGlobal
+from ..load.extract import tolerant_named_modules
 from ..load.placeholder import Placeholder, placeholder_target
 from ..load.policy import CALLS, DOTTED, DYNAMIC_NAME, NOT_A_CLASS, PROGRAM_MODULE, REFERENCES, gadget_label
 from ..report.model import Finding, Severity
@@ -226,7 +227,7 @@ def _modules_of(ctx: PassContext, unknown: list[ResolvedGlobal]) -> list[str]:
     targets = {g.full_name for g in unknown}
     return [
         name or "<root>"
-        for name, module in ctx.checkpoint.module.named_modules()
+        for name, module in tolerant_named_modules(ctx.checkpoint.module)  # a tree the pickle may have left broken
         if isinstance(module, Placeholder) and placeholder_target(module) in targets
     ]
 

@@ -84,9 +84,10 @@ def _groups(ctx: PassContext) -> tuple[list[ChannelGroup] | None, str]:
     if not model.trace.ok:
         return None, "per layer only: the model's forward pass fails, so coupling was not traced"
     try:
-        return model.coupled_groups(), ""
+        model.dependency_graph()
     except Exception as e:  # torch-pruning raises many kinds on graphs it cannot trace
-        return None, f"per layer only: torch-pruning could not trace the model ({type(e).__name__}: {str(e)[:120]})"
+        return None, f"per layer only: torch-pruning could not trace the model ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return model.coupled_groups(), ""  # a failure here is ours, not torch-pruning's: the pass fails
 
 
 def _zeroed_static(ctx: PassContext, per_layer: dict[str, _Silenced], note: str) -> Finding:
@@ -241,11 +242,13 @@ def _cost(ctx: PassContext, name: str, module: nn.Module, cut: _Cut) -> tuple[in
             weights = out * kernel  # depthwise: its input and output channels are the same channels
         else:
             weights = out * (inp // groups) * kernel
-        spatial = _output_positions(ctx, name, conv=True)
+        # A conv meets each weight once per output position; a transposed one, per input position.
+        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+        spatial = _positions(ctx, name, conv=True, at_input=transposed)
         return weights + (out if module.bias is not None else 0), weights * spatial
     if isinstance(module, nn.Linear):
         out, inp = module.out_features - cut.out, module.in_features - cut.inp
-        return out * inp + (out if module.bias is not None else 0), out * inp * _output_positions(ctx, name, conv=False)
+        return out * inp + (out if module.bias is not None else 0), out * inp * _positions(ctx, name, conv=False)
     per_channel = sum(1 for p in module.parameters(recurse=False) if p.dim() == 1)
     channels = next((p.shape[0] for p in module.parameters(recurse=False) if p.dim() == 1), 0)
     return per_channel * (channels - cut.out), 0
@@ -256,12 +259,13 @@ def _model_macs(ctx: PassContext) -> int:
     return macs.per_sample if macs is not None else 0
 
 
-def _output_positions(ctx: PassContext, name: str, conv: bool) -> int:
-    """Output positions per sample: H*W for a 2-d conv, tokens for a Linear on (N, T, F)."""
+def _positions(ctx: PassContext, name: str, conv: bool, at_input: bool = False) -> int:
+    """Output (or input) positions per sample: H*W for a 2-d conv, tokens for a Linear on (N, T, F)."""
     call = ctx.model.trace.calls.get(name) if ctx.model else None  # type: ignore[union-attr]
-    if call is None or not call.outputs:
+    shapes = (call.inputs if at_input else call.outputs) if call is not None else []
+    if not shapes:
         return 1
-    shape = call.outputs[0]
+    shape = shapes[0]
     return math.prod(shape[2:]) if conv else math.prod(shape[1:-1])
 
 

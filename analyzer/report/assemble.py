@@ -16,7 +16,9 @@ from .verdict import verdict
 __all__ = ["build_report"]
 
 
-def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[str]) -> Report:
+def build_report(
+    ctx: PassContext, findings: list[Finding], not_analysed: list[str], failures: list[dict[str, str]] | None = None
+) -> Report:
     checkpoint = ctx.checkpoint
     rows = [_row(ctx, layer) for layer in ctx.layers]
     shared_notes, duplicate_params = _shared_storage(ctx)
@@ -65,8 +67,9 @@ def build_report(ctx: PassContext, findings: list[Finding], not_analysed: list[s
         layers=rows,
         findings=findings,
         not_analysed=not_analysed,
+        failures=list(failures or []),
         notes=notes,
-        verdict=verdict(findings),
+        verdict=verdict(findings, [f["pass"] for f in failures or []]),
     )
 
 

@@ -170,6 +170,9 @@ class Report:
     profile: dict[str, Any] | None = None
     #: Things the analysis could not look at, said plainly rather than skipped.
     not_analysed: list[str] = field(default_factory=list)
+    #: Checks that raised (an analyzer bug): {"pass", "exception", "message", "traceback"}.
+    #: The analysis is incomplete when there are any.
+    failures: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     #: One or two sentences: what is wrong and what to do first.
     verdict: str = ""
@@ -195,6 +198,7 @@ class Report:
             "profile": self.profile,
             "compaction": self.compaction,
             "not_analysed": list(self.not_analysed),
+            "failures": [dict(f) for f in self.failures],
             "notes": list(self.notes),
         }
 
@@ -211,6 +215,7 @@ class Report:
             findings=[Finding.from_dict(f) for f in data.get("findings", [])],
             profile=data.get("profile"),
             not_analysed=list(data.get("not_analysed", [])),
+            failures=[dict(f) for f in data.get("failures", [])],
             notes=list(data.get("notes", [])),
             verdict=data.get("verdict", ""),
             compaction=data.get("compaction"),

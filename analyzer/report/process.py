@@ -108,7 +108,7 @@ def _with_findings(report: Report, findings: list[Finding], note: str | None) ->
         findings={s: sum(1 for f in findings if f.severity.value == s) for s in ("error", "warning", "info")},
     )
     notes = list(report.notes) + ([note] if note else [])
-    return dataclasses.replace(report, findings=findings, summary=summary, verdict=verdict(findings), notes=notes)
+    return dataclasses.replace(report, findings=findings, summary=summary, verdict=verdict(findings, [f["pass"] for f in report.failures]), notes=notes)
 
 
 def _counted(kinds: Iterable[tuple[str, int]] | Counter[str]) -> str:

@@ -65,6 +65,8 @@ def render_report(report: Report, options: RenderOptions = RenderOptions()) -> R
     if options.brief:
         return _brief(report)
     parts: list[RenderableType] = [_header(report), _verdict(report)]
+    if report.failures:
+        parts.append(_failures(report.failures))
     for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO):
         group = [f for f in report.findings if f.severity is severity]
         if group:
@@ -142,6 +144,8 @@ def _brief(report: Report) -> RenderableType:
         ),
         _verdict(report),
     ]
+    if report.failures:
+        parts.append(_failures(report.failures))
     for finding in report.findings:
         style = _STYLE[finding.severity]
         line = Text.assemble((f"{finding.severity.value} {finding.kind}", style), ": ", _clipped(first_sentence(finding.message)))
@@ -169,6 +173,10 @@ def _clipped(text: str, limit: int = _BRIEF_CHARS) -> str:
     if len(text) <= limit:
         return text
     return text[: text.rfind(" ", 0, limit - 2)].rstrip(",;:") + " …"
+def _failures(failures: list[dict[str, str]]) -> RenderableType:
+    lines = [Text(f"{f['pass']}: {f['exception']}: {f['message']}") for f in failures]
+    lines.append(Text("These checks did not run to the end, so the analysis is incomplete; --debug shows the tracebacks.", style="dim"))
+    return Panel(Group(*lines), title="[bold red]analyzer failure[/]", title_align="left", border_style="bold red")
 
 
 def _finding(finding: Finding) -> RenderableType:

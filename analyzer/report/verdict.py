@@ -31,8 +31,12 @@ PRIORITY = (
 )
 
 
-def verdict(findings: list[Finding]) -> str:
+def verdict(findings: list[Finding], failed_checks: list[str] | None = None) -> str:
     """What to fix first, as data: how many other findings there are is the renderer's to say."""
+    if failed_checks:
+        listed = ", ".join(failed_checks)
+        incomplete = f"The analysis is incomplete: the {listed} check{'s' if len(failed_checks) > 1 else ''} failed (an analyzer bug, see below)."
+        return f"{incomplete} {verdict(findings)}" if findings else incomplete
     if not findings:
         return "No problems found."
     rank = {kind: i for i, kind in enumerate(PRIORITY)}
