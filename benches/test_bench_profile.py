@@ -16,7 +16,7 @@
    `analyze` of the same file, timed in the same run.
 
 profile_models runs torch on one intra-op thread on CPU and times with the thread's CPU
-time (see analyzer/profile/__init__.py); Timer runs at one thread too (its default).
+time (see analyzer/profile/measure.py); Timer runs at one thread too (its default).
 """
 
 from __future__ import annotations

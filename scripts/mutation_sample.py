@@ -7,7 +7,7 @@ generated, optionally a seeded sample of them, for `mutmut run`:
 
     .venv/bin/mutmut run --max-children 2 $(.venv/bin/python scripts/mutation_sample.py analyzer/model/silence.py)
     .venv/bin/python scripts/mutation_sample.py analyzer/passes/zeroed_channels.py --sample 40 --seed 13
-    .venv/bin/python scripts/mutation_sample.py analyzer/compact/__init__.py --messages   # the message-only ones
+    .venv/bin/python scripts/mutation_sample.py analyzer/compact/compaction.py --messages   # the message-only ones
 """
 
 from __future__ import annotations

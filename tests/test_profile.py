@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from analyzer import api
-from analyzer import profile as profile_module
+from analyzer.profile import measure as profile_module
 from analyzer.profile.diagnose import (
     GPU_BUSY,
     MEMORY_SHARE,
