@@ -7,8 +7,10 @@ available (`pip install 'prune-analyzer[pytest]'` also installs pytest-benchmark
 - the `model_benchmark` fixture times a model's forward pass with pytest-benchmark, in
   settings that give a median one can compare across runs on a shared CI runner: one CPU
   thread by default (as `torch.utils.benchmark.Timer`), timed by the CPU time of the
-  process (`time.process_time`: time the thread spends waiting for a core on a busy runner
-  is not the model's), inference mode, CUDA synchronised inside the timed call (and wall
+  thread that runs it (`time.thread_time`: time spent waiting for a core on a busy runner
+  is not the model's, nor is the CPU time of other threads of the process — with the
+  analyzer imported, a background thread's share made the process's CPU time of a
+  200 µs forward jump between two levels 20 % apart), inference mode, CUDA synchronised inside the timed call (and wall
   time there), a warm-up, then many short rounds (at least `min_round_s` each, at least
   `min_rounds`, as many as fit in `max_time_s`): on a shared runner most rounds are
   disturbed by a neighbour (its cache misses cost this process CPU time too), and the
@@ -75,7 +77,7 @@ def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
         from .model.macs import count_macs
 
         target = torch.device(device)
-        cpu_time = target.type == "cpu" and threads == 1 and _default_timer(request, time.process_time)
+        cpu_time = target.type == "cpu" and threads == 1 and _default_timer(request, time.thread_time)
         benchmark = request.getfixturevalue("benchmark")
         model = model.to(target).eval()
         x = example_from(example_input).to(target)
@@ -116,7 +118,7 @@ def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
                 "params": sum(p.numel() for p in model.parameters()),
                 "macs": macs,
                 "cuda_synchronized": cuda,
-                "timer": "time.process_time" if cpu_time else "pytest-benchmark's (--benchmark-timer, default time.perf_counter)",
+                "timer": "time.thread_time" if cpu_time else "pytest-benchmark's (--benchmark-timer, default time.perf_counter)",
                 "warmup": warmup,
                 "rounds": rounds,
                 "iterations": iterations,

@@ -48,7 +48,9 @@ def _static(path: Path, config: dict | None) -> list[Finding]:
     """The passes on the file alone, with the config.json a model folder would carry."""
     checkpoint = load_checkpoint(path)
     checkpoint.config = config
-    findings, _ = run_passes(PassContext(checkpoint, build_layers(checkpoint)))
+    results = run_passes(PassContext(checkpoint, build_layers(checkpoint)))
+    assert not results.failures, results.failures
+    findings = results.findings
     return findings
 
 
@@ -65,7 +67,9 @@ def _with_arch(path: Path, factory, example: ExampleInput) -> list[Finding]:
         copy.deepcopy(dense),
     )
     build = Build(model=Model(module, example, "arch", run_traced(module, example)), reference=reference, fit=compare(dense, shapes))
-    findings, _ = run_passes(PassContext(checkpoint, build_layers(checkpoint), build=build))
+    results = run_passes(PassContext(checkpoint, build_layers(checkpoint), build=build))
+    assert not results.failures, results.failures
+    findings = results.findings
     return findings
 
 
