@@ -355,9 +355,15 @@ def _load(path: Path, flag: str = "--load") -> Any:
 
 
 def _analyse(args: argparse.Namespace, settings: Settings) -> Any:
+    import gc
+
     from .api import analyze
     from .report.model import ReportSet
 
+    # torch's import leaves ~10^6 objects that live as long as this command: out of the
+    # collector's sight, each collection during the analysis is cheaper, and the bounded
+    # children forked to read untrusted bytes do not copy their pages by touching them.
+    gc.freeze()
     progress = _progress(args)
     reports = [
         analyze(

@@ -1005,3 +1005,19 @@ def test_export_svg_of_a_sweep_keeps_the_names_at_80_columns(run_cli, tmp_path: 
     start = next(i for i, line in enumerate(lines) if line.startswith("checkpoints"))
     assert table_names("\n".join(lines[start:])) == list(SWEEP_NAMES[:2])
     assert max(len(line) for line in lines) <= 80
+
+
+def test_json_keeps_each_layer_row_on_one_line(tmp_path: Path) -> None:
+    """The indented JSON holds the same document as compact JSON, with one line per layer row."""
+    torch.manual_seed(0)
+    first, second = nn.Sequential(nn.Linear(4, 3), nn.ReLU()), nn.Sequential(nn.Conv2d(3, 5, 3))
+    paths = [tmp_path / "a.pth", tmp_path / "b.pth"]
+    for model, path in zip((first, second), paths):
+        torch.save(model.state_dict(), path)
+    results = ReportSet([analyze(p) for p in paths])
+    text = results.to_json()
+    assert json.loads(text) == json.loads(results.to_json(indent=None)) == json.loads(json.dumps(results.to_dict()))
+    rows = [json.loads(line.strip().rstrip(",")) for line in text.splitlines() if line.lstrip().startswith('{"name": ')]
+    assert [r["name"] for r in rows] == ["0", "0"] and rows[1]["shape"] == [5, 3, 3, 3]
+    empty = Report.from_dict({**results.reports[0].to_dict(), "layers": []})
+    assert json.loads(empty.to_json())["layers"] == []

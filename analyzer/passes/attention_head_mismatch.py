@@ -51,7 +51,7 @@ def explains(ctx: PassContext) -> bool:
 
 def broken_sites(ctx: PassContext) -> list[Checked]:
     """Attention modules whose projections no longer fit their heads, in model order."""
-    sites = attention.sites_from_layers(ctx.layers, lambda name: ctx.checkpoint.meta(name)[0])
+    sites = ctx.attention_sites()
     if not sites:
         return []
     model = ctx.model
@@ -326,7 +326,7 @@ def _fix_code(ctx: PassContext, broken: list[Checked]) -> str:
     if module_type:
         listed = f"[m for m in model.modules() if type(m).__name__ == {module_type!r}]"
     else:
-        everything = [s.name for s in attention.sites_from_layers(ctx.layers, lambda n: ctx.checkpoint.meta(n)[0])]
+        everything = [s.name for s in ctx.attention_sites()]
         listed = "[model.get_submodule(name) for name in " + repr(everything) + "]"
     q_heads = heads.heads if heads.heads else "..."
     kv_heads = heads.kv_heads if heads.kv_heads else q_heads

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..model import Build, Model, Reference
+from ..model.attention import AttentionSite, sites_from_layers
 from ..model.hf import apply_patch
 from ..model.graph import GraphTrace, trace_graph
 from ..tensors.layers import Layer
@@ -55,6 +56,10 @@ class PassContext:
     _patterns: dict[str, WeightPattern | BatchNormPattern | None] = field(default_factory=dict, repr=False)
     _graph: list[GraphTrace | None] = field(default_factory=list, repr=False)
     _once: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def attention_sites(self) -> list[AttentionSite]:
+        """The attention modules of the checkpoint's layers (from names and shapes), found once."""
+        return self.once("attention sites", lambda: sites_from_layers(self.layers, lambda name: self.checkpoint.meta(name)[0]))
 
     def once(self, key: str, compute: Callable[[], _T]) -> _T:
         """`compute()` the first time `key` is asked for, the same value after: a pass that

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 
-from ..model.attention import sites_from_layers
 from ..model.inputs import ExampleInput
 from ..model.trace import ForwardFailure
 from ..report.model import Finding, Severity
@@ -72,7 +71,7 @@ def _attention_module(ctx: PassContext, failure: ForwardFailure) -> str | None:
     """The attention module a failed reshape into heads belongs to: the failing module, or the
     attention module holding it, else the one inside it whose projection width the reshaped
     size is (batch × tokens × width). None when the failure is no such reshape."""
-    sites = sites_from_layers(ctx.layers, lambda name: ctx.checkpoint.meta(name)[0])
+    sites = ctx.attention_sites()
     names = {site.name for site in sites}
     if failure.module in names:
         return failure.module

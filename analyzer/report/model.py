@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +105,10 @@ class LayerRow:
         return 0.0 if self.params == 0 else 1.0 - self.nonzero / self.params
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # Field by field (its values are plain): dataclasses.asdict deep-copies every value,
+        # which was most of the JSON's cost for a checkpoint of 50,000 tensors.
+        data = {name: getattr(self, name) for name in _LAYER_FIELDS}
+        data["shape"] = list(self.shape) if self.shape is not None else None
         fraction = self.zero_fraction
         data["zero_fraction"] = None if fraction is None else round(fraction, 6)
         return data
@@ -112,6 +116,9 @@ class LayerRow:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerRow:
         return _from_fields(cls, data)
+
+
+_LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerRow))
 
 
 @dataclass
@@ -203,7 +210,7 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_json_default)
+        return dumps(self.to_dict(), indent)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
@@ -272,7 +279,7 @@ class ReportSet:
         return {"schema": self.schema, "run": dataclasses.asdict(self.run), "reports": [r.to_dict() for r in self.reports]}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_json_default)
+        return dumps(self.to_dict(), indent)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReportSet:
@@ -299,3 +306,31 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(document: dict[str, Any], indent: int | None = 2) -> str:
+    """`document` (a report, or an envelope of reports) as JSON; indented, with each layer
+    row on one line: the layer table reads as a table, and its rows are encoded by json's C
+    encoder (with indent= json falls back to Python's, 5x slower on 50,000 rows)."""
+    if indent is None:
+        return json.dumps(document, allow_nan=False, default=_json_default)
+    token = f"layers-{uuid.uuid4().hex}"
+    reports = document["reports"] if "reports" in document else [document]
+    held = []
+    for number, report in enumerate(reports):
+        held.append(report["layers"])
+        report["layers"] = f"{token}-{number}"
+    try:
+        text = json.dumps(document, indent=indent, allow_nan=False, default=_json_default)
+    finally:
+        for report, rows in zip(reports, held):
+            report["layers"] = rows
+    for number, rows in enumerate(held):
+        placeholder = f'"{token}-{number}"'
+        start = text.index(placeholder)
+        margin = " " * (start - text.rindex("\n", 0, start) - 1 - len('"layers": '))
+        inner = margin + " " * indent
+        encoded = [json.dumps(row, allow_nan=False, default=_json_default) for row in rows]
+        block = "[" + ",".join(f"\n{inner}{row}" for row in encoded) + f"\n{margin}]" if encoded else "[]"
+        text = text[:start] + block + text[start + len(placeholder) :]
+    return text
