@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from .errors import InputError, UsageError
-from .load import Checkpoint, LoadOptions, load_checkpoint
-from .load.isolation import ChildCrashed, ChildRaised, LimitExceeded, isolation_available, run_bounded
+from .errors import UsageError
+from .load import Checkpoint, LoadOptions, bounded, load_checkpoint
+from .load.isolation import isolation_available
 from .load.limits import forward_limits, limits_for
 from .model import Build, BuildOptions, build, parse_input_shape, rebuild_pruned
 from .model.bounded_run import BoundedFirstRun
@@ -250,15 +250,8 @@ def _scan(ctx: PassContext) -> None:
     rest runs single-threaded anyway: it is scanned here, sparing the round trip."""
     heavy = [layer for layer in ctx.layers if _main_elements(layer) > _PARALLEL_ELEMENTS]
     if heavy and isolation_available():
-        path = ctx.checkpoint.path
-        try:
-            ctx.adopt_scan(run_bounded(lambda: _scanned(ctx, heavy), limits_for(ctx.checkpoint.file_size)))
-        except LimitExceeded as e:
-            raise InputError(f"{path}: scanning its tensors exceeded the {e.resource} limit; refused (a crafted file)") from e
-        except ChildCrashed as e:
-            raise InputError(f"{path}: scanning its tensors crashed ({e.signal_name}); refused (a crafted or damaged file)") from e
-        except ChildRaised as e:
-            raise InputError(f"{path}: its tensors could not be scanned ({e.type_name}: {' '.join(e.message.split())[:200]})") from e
+        scanned = bounded(lambda: _scanned(ctx, heavy), limits_for(ctx.checkpoint.file_size), ctx.checkpoint.path, "scanning its tensors")
+        ctx.adopt_scan(scanned)
     ctx.scan_all()  # what the child scanned is cached: this does the rest
 
 

@@ -1087,8 +1087,8 @@ def test_a_reader_that_crashes_costs_one_line(folder: Path, net: SmallNet, monke
     torch.save(net.state_dict(), path)
     guard = _guard(path)
     monkeypatch.setattr(load_module, "_read_checkpoint", _crash)
-    _refused(path, "the reader crashed on this file (SIGSEGV)")
-    _cli_one_line(run_cli(path), path, "the reader crashed on this file (SIGSEGV)")
+    _refused(path, "the reader crashed while reading it (SIGSEGV)")
+    _cli_one_line(run_cli(path), path, "the reader crashed while reading it (SIGSEGV)")
     guard.check()
 
 

@@ -33,6 +33,7 @@ from .sniff import Format, sniff
 __all__ = [
     "LoadOptions",
     "load_checkpoint",
+    "bounded",
     "Checkpoint",
     "MaskPair",
     "TensorStore",
@@ -85,7 +86,7 @@ def _load_file(path: Path, options: LoadOptions) -> Checkpoint:
         checkpoint.notes.append(LIMITS_NOTE)
     else:
         limits = limits_for(identity[2], count_records(path, fmt), options.memory_limit, options.time_limit)
-        description = _bounded(lambda: _read_in_child(path, fmt, options), limits, path)
+        description = bounded(lambda: _read_in_child(path, fmt, options), limits, path)
         _check_unchanged(path, identity)  # what the child proved is about this very file
         checkpoint = rebuild_checkpoint(path, description) if description is not None else None
         if checkpoint is None:
@@ -109,25 +110,26 @@ def _read_in_child(path: Path, fmt: Format, options: LoadOptions) -> dict[str, A
     return describe_checkpoint(_read_checkpoint(path, fmt, options))
 
 
-def _bounded(step: Callable[[], Any], limits: ChildLimits, path: Path) -> Any:
-    """run_bounded, with its failures in the words of a file that could not be read."""
+def bounded(step: Callable[[], Any], limits: ChildLimits, path: Path, doing: str = "reading it") -> Any:
+    """run_bounded, with its failures in the words of a file that could not be read: one
+    line each, `doing` saying what the child was doing with the file ("reading it")."""
     try:
         return run_bounded(step, limits)
     except LimitExceeded as e:
-        raise InputError(f"{path}: {_limit_message(e)}; refused (a crafted or damaged file)") from _child_detail(e)
+        raise InputError(f"{path}: {_limit_message(e, doing)}; refused (a crafted or damaged file)") from _child_detail(e)
     except ChildCrashed as e:
-        raise InputError(f"{path}: the reader crashed on this file ({e.signal_name}); refused (a crafted or damaged file)") from _child_detail(e)
+        raise InputError(f"{path}: the reader crashed while {doing} ({e.signal_name}); refused (a crafted or damaged file)") from _child_detail(e)
     except ChildRaised as e:
-        raise InputError(f"{path}: could not be read ({e.type_name}: {' '.join(e.message.split())[:200]})") from _child_detail(e)
+        raise InputError(f"{path}: could not finish {doing} ({e.type_name}: {' '.join(e.message.split())[:200]})") from _child_detail(e)
 
 
-def _limit_message(error: LimitExceeded) -> str:
+def _limit_message(error: LimitExceeded, doing: str) -> str:
     limits = error.limits
     if error.resource == "memory" and limits.memory_bytes is not None:
-        return f"reading it needs more than {limits.memory_bytes / _GB:.1f} GB of memory beyond what is already in use"
+        return f"{doing} needs more than {limits.memory_bytes / _GB:.1f} GB of memory beyond what is already in use"
     if error.resource == "cpu" and limits.cpu_seconds is not None:
-        return f"reading it took longer than {limits.cpu_seconds:.3g} s of CPU time"
-    return f"reading it did not finish within {limits.wall_backstop() or 0:.0f} s"
+        return f"{doing} took longer than {limits.cpu_seconds:.3g} s of CPU time"
+    return f"{doing} did not finish within {limits.wall_backstop() or 0:.0f} s"
 
 
 def _child_detail(error: BoundedRunFailed) -> BoundedRunFailed:
