@@ -24,7 +24,7 @@ from analyzer.model.attention import sites_from_layers
 from analyzer.model.fit import compare
 from analyzer.model.inputs import ExampleInput
 from analyzer.passes import PassContext, run_passes
-from analyzer.report.model import Finding
+from analyzer.report.model import Finding, Severity
 from analyzer.report.verdict import verdict
 from analyzer.tensors.layers import build_layers
 
@@ -403,3 +403,24 @@ def test_a_failed_reshape_into_heads_names_its_attention_module(folder: Path, ar
     failure = _one(report.findings, "forward-failure")
     assert failure.modules == ["blocks.0.attn"]
     assert "shape '[1, 6, -1, 16]' is invalid for input of size 144" in failure.message
+
+
+def test_a_saved_folder_cut_inside_a_head_leads_with_the_heads_not_the_load(tmp_path: Path) -> None:
+    """A save_pretrained folder whose q_proj lost 4 rows in one layer: config.json cannot
+    describe it (a state-dict mismatch), but loading it another way would still give a model
+    that fails — the verdict leads with the heads, the thing to fix."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    model = LlamaForCausalLM(config)
+    q_proj = model.model.layers[1].self_attn.q_proj
+    q_proj.weight = nn.Parameter(q_proj.weight[:60].detach().clone())
+    q_proj.out_features = 60
+    with pytest.raises(RuntimeError, match=r"shape '\[1, 16, -1, 16\]' is invalid"):  # the oracle: transformers' own forward
+        model(torch.randint(0, 256, (1, 16)))
+    model.save_pretrained(tmp_path / "cut")
+    report = api.analyze(tmp_path / "cut")
+    assert {f.kind for f in report.findings if f.severity is Severity.ERROR} == {"state-dict-mismatch", "attention-head-mismatch"}
+    assert report.verdict.startswith("model.layers.1.self_attn no longer holds whole attention heads: q_proj has 60 rows")

@@ -8,13 +8,15 @@ from .model import Finding, Severity
 
 __all__ = ["verdict", "PRIORITY", "first_sentence"]
 
-#: Which finding the verdict leads with: the first kind present, in this order.
+#: Which finding the verdict leads with: the first kind present, in this order. Widths that
+#: no longer agree inside the model come before a failed load: loading it some other way
+#: (load_pruned) gives a model that still cannot run, so the pruning is what to fix first.
 PRIORITY = (
     "unsafe-pickle",
-    "state-dict-mismatch",
     "residual-mismatch",
     "head-shape-mismatch",
     "attention-head-mismatch",
+    "state-dict-mismatch",
     "forward-failure",
     "non-finite-weights",
     "invalid-sparse-tensor",
