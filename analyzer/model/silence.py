@@ -152,7 +152,7 @@ def consumer_ranges(
     return ranges
 
 
-def channel_fates(group: ChannelGroup, channels: set[int], ranges: dict[str, ChannelRange], zero_tol: float = 0.0) -> dict[int, ChannelFate]:
+def channel_fates(group: ChannelGroup, channels: set[int], ranges: dict[str, ChannelRange], zero_tol: float) -> dict[int, ChannelFate]:
     fates = {}
     for index in sorted(channels):
         fate = ChannelFate()
