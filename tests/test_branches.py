@@ -1091,3 +1091,55 @@ def test_class_head_pruned_alone_has_no_box_loss_line(tmp_path: Path) -> None:
     finding = _one(report, "head-shape-mismatch")
     assert any(p.startswith("ClassHead (3 levels): 2 output channels, that is 1 anchor") for p in finding.evidence["problems"])
     assert "Target sizes" not in finding.message and "boxes per image" not in finding.message
+
+
+# -- zeroed channels without a runnable model: the counts come from the tensors alone
+
+
+def test_static_zeroed_channels_counts_each_layers_own_parameters(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = {"conv.weight": torch.randn(8, 3, 3, 3), "conv.bias": torch.randn(8), "fc.weight": torch.randn(6, 10), "fc.bias": torch.randn(6)}
+    state["conv.weight"][[1, 4, 6]] = 0
+    state["fc.weight"][[0, 3]] = 0
+    path = tmp_path / "zeroed.pth"
+    torch.save(state, path)
+    finding = _one(api.analyze(path), "zeroed-channels")
+    # the oracle: a zeroed filter's own parameters are its weight slice and its bias entry
+    conv_each, fc_each = 3 * 3 * 3 + 1, 10 + 1
+    assert finding.evidence["params_removable_at_least"] == 3 * conv_each + 2 * fc_each == 106
+    assert finding.message.startswith("5 output channels in 2 layers are zeroed but still computed (at least 106 parameters")
+    assert finding.evidence["per_layer"]["fc"] == {"zeroed": 2, "of": 6, "zero_filters": 2, "silenced_by_batchnorm": 0}
+    assert finding.evidence["coupling_checked"] is False
+
+
+# -- unaligned widths, with a profile: time per MAC against the aligned convs' median
+
+
+def test_unaligned_slowdown_is_time_per_mac_over_the_aligned_median(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from analyzer.load import load_checkpoint
+    from analyzer.passes import PassContext, unaligned_channels
+    from analyzer.profile.result import LayerProfile
+    from analyzer.tensors.layers import build_layers
+
+    torch.manual_seed(0)
+    state = {"conv1.weight": torch.randn(12, 3, 3, 3), "conv2.weight": torch.randn(16, 12, 3, 3), "conv3.weight": torch.randn(16, 16, 3, 3)}
+    path = tmp_path / "narrow.pth"
+    torch.save(state, path)
+    checkpoint = load_checkpoint(path)
+    ctx = PassContext(checkpoint, build_layers(checkpoint))
+
+    def timed(name: str, ms: float) -> LayerProfile:
+        return LayerProfile(name, "Conv2d", ms, 0.0, 0.0, 1000, 0, 0.0, "compute")
+
+    (plain,) = unaligned_channels.run(ctx)
+    assert plain.modules == ["conv1"] and plain.evidence["widths"] == {"conv1": 12} and plain.evidence["rounded_up"] == {"conv1": 16}
+    assert plain.evidence["measured_time_per_mac_vs_aligned"] is None  # nothing measured
+    ctx.profile = SimpleNamespace(layers=[timed("conv1", 3.0), timed("conv2", 1.0), timed("conv3", 2.0)])
+    (measured,) = unaligned_channels.run(ctx)
+    # the oracle by hand: the aligned per-MAC times are 0.001 and 0.002 ms; the upper median is 0.002
+    assert measured.evidence["measured_time_per_mac_vs_aligned"] == {"conv1": 1.5}
+    ctx.profile = SimpleNamespace(layers=[timed("conv1", 3.0)])  # no aligned conv to compare with
+    (alone,) = unaligned_channels.run(ctx)
+    assert alone.evidence["measured_time_per_mac_vs_aligned"] is None
