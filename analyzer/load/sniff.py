@@ -157,10 +157,15 @@ def _what_it_is(path: Path, head: bytes) -> str:
         head.decode("utf-8")
     except UnicodeDecodeError:
         return "unrecognised binary data"
-    if head.lstrip()[:1] in (b"{", b"["):
-        try:
-            json.loads(path.read_text(encoding="utf-8")[: 1 << 20])
-            return "this is a JSON document, not a checkpoint"
-        except (ValueError, UnicodeDecodeError):
-            pass
+    if head.lstrip()[:1] in (b"{", b"[") and _is_json(path):
+        return "this is a JSON document, not a checkpoint"
     return "this is a text file, not a checkpoint"
+
+
+def _is_json(path: Path) -> bool:
+    """Whether the file's first MiB parses as JSON (a larger document counts as text)."""
+    try:
+        json.loads(path.read_text(encoding="utf-8")[: 1 << 20])
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
