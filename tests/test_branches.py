@@ -669,18 +669,24 @@ def test_exit_code_of_a_sweep_is_1_when_any_file_has_an_error(tmp_path: Path, ru
 
 
 def test_conv_transpose_macs(tmp_path: Path) -> None:
-    from fvcore.nn import FlopCountAnalysis
-
     torch.manual_seed(0)
     # 8x8 → 17x17 (stride 2, kernel 3, no padding: not simply twice the input) → 18x18, grouped
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 6, 3, stride=2), nn.ConvTranspose2d(6, 4, 2, groups=2)).eval()
-    # Each input position of a transposed conv meets every weight once.
+    # Each input position of a transposed conv meets every weight once (weight: in × out/groups × k × k).
     expected = {"0": 4 * 3 * 9 * 8 * 8, "1": 8 * 8 * (4 * 6 * 9), "2": 17 * 17 * (6 * 2 * 4)}
-    counted = FlopCountAnalysis(model, torch.randn(SMALL))  # the real tool agrees (fvcore counts one MAC as one flop)
-    counted.unsupported_ops_warnings(False)
-    assert {name: counted.by_module()[name] for name in expected} == expected
+    shapes = [tuple(out.shape) for out in _layer_outputs(model, torch.randn(SMALL))]
+    assert shapes == [(1, 4, 8, 8), (1, 6, 17, 17), (1, 4, 18, 18)]  # the positions the formula assumes
     report = api.analyze(_save_full(model, tmp_path / "up.pth"), input_shape=SMALL)
     assert report.summary.macs == sum(expected.values())
+
+
+def _layer_outputs(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    outputs = []
+    with torch.no_grad():
+        for layer in model:
+            x = layer(x)
+            outputs.append(x)
+    return outputs
 
 
 # -- STACK_GLOBAL whose module and name are computed at load time
