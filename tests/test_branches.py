@@ -231,6 +231,7 @@ def test_token_mlp_compacts_along_its_features(tmp_path: Path, run_cli) -> None:
     out = tmp_path / "out.pth"
     c = api.analyze(path, input_shape=TOKENS, compact_to=out).compaction
     assert c["refused"] is None, c["refused"]
+    assert c["output"] == str(out)
     compacted = torch.load(out, weights_only=False)
     assert (compacted[0].out_features, compacted[2].in_features) == (29, 29)
     x = torch.randn(3, 7, 16)
@@ -1149,3 +1150,54 @@ def test_unaligned_slowdown_is_time_per_mac_over_the_aligned_median(tmp_path: Pa
     ctx.profile = SimpleNamespace(layers=[timed("conv1", 3.0)])  # no aligned conv to compare with
     (alone,) = unaligned_channels.run(ctx)
     assert alone.evidence["measured_time_per_mac_vs_aligned"] is None
+
+
+# -- a BatchNorm without affine parameters after a zeroed filter
+
+
+def test_zeroed_filters_before_a_batchnorm_without_affine_parameters() -> None:
+    """BatchNorm2d(affine=False) has no weight to silence channels with: the zero filters
+    alone are silent (and, at running mean 0, still 0 after the norm)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+    with torch.no_grad():
+        model[0].weight[[2, 5]] = 0
+        model[0].bias[[2, 5]] = 0
+    report = api.analyze(model, example_input=torch.randn(1, 3, 8, 8))
+    finding = _one(report, "zeroed-channels")
+    group = finding.evidence["per_group"]["0"]
+    assert (group["removable"], group["dead"], group["producers"]) == (2, 2, ["0"])
+    # the oracle: each removed channel takes its filter and bias, and 4 output filters' 3x3 slice of it
+    assert finding.message.startswith("2 channels in 1 coupled groups are zeroed but still computed; 2 can be removed, saving 128 parameters")
+    assert 2 * (3 * 9 + 1) + 2 * (4 * 9) == 128
+
+
+# -- a compacted model that no longer runs: the verification refuses it, nothing written
+
+
+class HardCodedWidth(nn.Module):
+    """Runs at 8 channels only: its forward reshapes to a hard-coded 8 (as hand-written heads do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+        with torch.no_grad():
+            self.conv.weight[[1, 6]] = 0
+            self.conv.bias[[1, 6]] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.reshape(y.shape[0], 8, y.shape[2] * y.shape[3]).mean(2))
+
+
+def test_a_compaction_that_breaks_the_forward_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = HardCodedWidth().eval()
+    narrowed = nn.Conv2d(3, 6, 3, padding=1)
+    with pytest.raises(RuntimeError, match=r"shape '\[1, 8, 64\]' is invalid"):  # the oracle: the model at 6 channels
+        model.fc(narrowed(torch.randn(1, 3, 8, 8)).reshape(1, 8, 64).mean(2))
+    out = tmp_path / "out.pth"
+    c = api.analyze(model, example_input=torch.randn(1, 3, 8, 8), compact_to=out).compaction
+    assert c["refused"].startswith("verification failed: the compacted model fails on the probe inputs (RuntimeError: shape '[")
+    assert c["refused"].endswith("nothing written") and c["output"] is None and not out.exists()

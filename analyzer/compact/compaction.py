@@ -113,13 +113,13 @@ def _compact(
     model.forget_derived()  # the module changed: graph, groups and probe ranges describe the old one
     result.groups = [plan.summary for _, plan in plans]
     result.params_after = _params(work)
-    result.macs_after = count_macs(work, example).per_sample
     result.max_abs_diff, result.tolerance, problem = _difference(probed.outputs, work, probed.inputs)
     if problem is None and result.max_abs_diff is not None and result.max_abs_diff > result.tolerance:
         problem = f"outputs differ by {result.max_abs_diff:.3g} (tolerance {result.tolerance:.3g})"
     if problem is not None:
         result.refused = f"verification failed: {problem}; nothing written"
         return result
+    result.macs_after = count_macs(work, example).per_sample  # it runs: the verification just proved it
     _save(work, output, arch, result)
     return result
 

@@ -180,7 +180,7 @@ def constant_unfoldable(modules: dict[str, nn.Module], name: str) -> str | None:
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "is a transposed conv (its outputs overlap a varying number of taps, so the constant is not uniform)"
     if isinstance(module, nn.modules.conv._ConvNd):
-        padding = module.padding if isinstance(module.padding, (tuple, str)) else (module.padding,)
+        padding = module.padding  # torch keeps it as a tuple, or as "same"/"valid"
         if padding != "valid" and (isinstance(padding, str) or any(p != 0 for p in padding)):
             return "is a padded conv (its borders see padding, not the constant)"
         return None if module.bias is not None or batchnorm_after(modules, name) else "has no bias and no BatchNorm to absorb it"
