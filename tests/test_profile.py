@@ -496,6 +496,29 @@ def test_overhead_layers_are_not_memory_bound() -> None:
     assert memory_bound(_result(layers=layers)) is None
 
 
+def test_diagnosis_evidence_keeps_its_figures() -> None:
+    """The evidence is data for CI and for people: each figure at its stated precision,
+    computed by hand here from the profile the rule was given."""
+    import dataclasses
+
+    layers = [_layer("dw", "Conv2d", 2.25, "memory", intensity=2.2345), _layer("pw", "Conv2d", 2.75, "compute", intensity=60.0)]
+    balance = MachineBalance(peak_flops=1.2345678e11, bandwidth=9.87e9, op_overhead_s=2e-6)
+    profile = dataclasses.replace(_result(layers=layers, fixed_cost_share=0.8), balance=balance)
+    memory = memory_bound(profile)
+    assert memory is not None
+    assert memory.evidence["machine_balance_flops_per_byte"] == round(1.2345678e11 / 9.87e9, 3) == 12.508
+    assert memory.evidence["peak_gflops"] == 123.46 and memory.evidence["bandwidth_gbs"] == 9.87
+    assert memory.evidence["layers"] == {"dw": {"type": "Conv2d", "intensity": 2.235, "time_ms": 2.25}}
+    assert memory.evidence["memory_bound_time_share"] == 0.45
+    overhead = overhead_bound(profile)
+    assert overhead is not None and overhead.evidence["fixed_layer_cost_ms"] == 0.02
+    speed = no_speedup(profile)
+    assert speed is not None
+    low, high = speed.evidence["speedup_interval"]
+    # twelve equal samples per model: the interval is the point 10 / 8.5, to 3 decimals
+    assert low == high == round(10 / 8.5, 3) == 1.176
+
+
 # -- statistics, flags and withheld rules -----------------------------------------------
 
 
