@@ -424,3 +424,30 @@ def test_a_saved_folder_cut_inside_a_head_leads_with_the_heads_not_the_load(tmp_
     report = api.analyze(tmp_path / "cut")
     assert {f.kind for f in report.findings if f.severity is Severity.ERROR} == {"state-dict-mismatch", "attention-head-mismatch"}
     assert report.verdict.startswith("model.layers.1.self_attn no longer holds whole attention heads: q_proj has 60 rows")
+
+
+def test_whole_heads_removed_from_a_multihead_attention_state_dict_are_fine(tmp_path: Path) -> None:
+    """nn.MultiheadAttention(48, 3) with head 1 removed everywhere (in and out): 32 = 2 whole
+    heads of 16. Checked against the dense module (--baseline): by its head_dim, 16, not by
+    its head count, which whole-head pruning changed."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.MultiheadAttention(48, 3))
+    torch.save(dense, tmp_path / "dense.pth")
+    state = dense.state_dict()
+    kept = torch.cat([torch.arange(part * 48 + head * 16, part * 48 + head * 16 + 16) for part in range(3) for head in (0, 2)])
+    columns = torch.cat([torch.arange(0, 16), torch.arange(32, 48)])
+    pruned = {
+        "0.in_proj_weight": state["0.in_proj_weight"][kept][:, columns].clone(),
+        "0.in_proj_bias": state["0.in_proj_bias"][kept].clone(),
+        "0.out_proj.weight": state["0.out_proj.weight"][columns][:, columns].clone(),
+        "0.out_proj.bias": state["0.out_proj.bias"][columns].clone(),
+    }
+    # the oracle: torch's own module of 2 heads over 32 loads these tensors strictly and runs
+    rebuilt = nn.Sequential(nn.MultiheadAttention(32, 2))
+    rebuilt.load_state_dict(pruned)
+    x = torch.randn(5, 1, 32)
+    assert rebuilt[0](x, x, x)[0].shape == (5, 1, 32)
+    torch.save(pruned, tmp_path / "pruned.pth")
+    report = api.analyze(tmp_path / "pruned.pth", baseline=tmp_path / "dense.pth")
+    assert "attention-head-mismatch" not in {f.kind for f in report.findings}
+    assert "channel-removal" in {f.kind for f in report.findings}  # the reference was used
