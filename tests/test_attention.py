@@ -451,3 +451,54 @@ def test_whole_heads_removed_from_a_multihead_attention_state_dict_are_fine(tmp_
     report = api.analyze(tmp_path / "pruned.pth", baseline=tmp_path / "dense.pth")
     assert "attention-head-mismatch" not in {f.kind for f in report.findings}
     assert "channel-removal" in {f.kind for f in report.findings}  # the reference was used
+
+
+class FusedAttention(nn.Module):
+    """timm's layout: one qkv projection, split by (3, heads, head_dim) in forward."""
+
+    def __init__(self, dim: int = 64, num_heads: int = 4, head_dim: int = 16) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim)
+        self.proj = nn.Linear(num_heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim))
+
+
+class FusedBlock(nn.Module):
+    def __init__(self, head_dim: int = 16) -> None:
+        super().__init__()
+        self.attn = FusedAttention(head_dim=head_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x)
+
+
+def test_head_dims_pruned_in_a_fused_qkv_are_fine_against_the_dense_heads(tmp_path: Path) -> None:
+    """Every head keeps 10 of its 16 dims (qkv 192 → 120 rows, proj reads 40): no longer
+    whole heads of the dense head_dim, but 3 × 4 heads of 10 — what per-head-dim pruning
+    makes. Checked against the dense module (--baseline), whose attributes give 4 × 16."""
+    torch.manual_seed(0)
+    dense = FusedBlock().eval()
+    torch.save(dense, tmp_path / "dense.pth")
+    state = dense.state_dict()
+    rows = torch.tensor([p * 64 + h * 16 + d for p in range(3) for h in range(4) for d in range(10)])
+    columns = torch.tensor([h * 16 + d for h in range(4) for d in range(10)])
+    pruned = {
+        "attn.qkv.weight": state["attn.qkv.weight"][rows].clone(),
+        "attn.qkv.bias": state["attn.qkv.bias"][rows].clone(),
+        "attn.proj.weight": state["attn.proj.weight"][:, columns].clone(),
+        "attn.proj.bias": state["attn.proj.bias"].clone(),
+    }
+    # the oracle: the same module with head_dim 10 loads these tensors strictly and runs
+    rebuilt = FusedBlock(head_dim=10).eval()
+    rebuilt.load_state_dict(pruned)
+    assert rebuilt(torch.randn(2, 5, 64)).shape == (2, 5, 64)
+    torch.save(pruned, tmp_path / "pruned.pth")
+    report = api.analyze(tmp_path / "pruned.pth", baseline=tmp_path / "dense.pth", allow_modules=("tests",))
+    assert "attention-head-mismatch" not in {f.kind for f in report.findings}
+    assert "channel-removal" in {f.kind for f in report.findings}  # the reference was used
