@@ -1201,3 +1201,44 @@ def test_a_compaction_that_breaks_the_forward_is_refused(tmp_path: Path) -> None
     c = api.analyze(model, example_input=torch.randn(1, 3, 8, 8), compact_to=out).compaction
     assert c["refused"].startswith("verification failed: the compacted model fails on the probe inputs (RuntimeError: shape '[")
     assert c["refused"].endswith("nothing written") and c["output"] is None and not out.exists()
+
+
+# -- zeroed kernels of 256 and more elements (a byte-wide count would wrap at 256)
+
+
+@pytest.mark.parametrize("side", [15, 16, 17])
+def test_zeroed_kernels_counted_at_any_kernel_size(side: int) -> None:
+    from analyzer.tensors.patterns import weight_pattern
+
+    torch.manual_seed(0)
+    weight = torch.randn(4, 3, side, side)
+    for out, inp in [(0, 1), (2, 0), (3, 2)]:
+        weight[out, inp] = 0
+    expected = sum(1 for o in range(4) for i in range(3) if not weight[o, i].any())  # the oracle, kernel by kernel
+    pattern = weight_pattern(weight)
+    assert expected == 3 and pattern.zero_kernels == expected
+    assert pattern.kernel_size == side * side and "kernels" in pattern.label
+
+
+# -- a consumer called with its input by keyword
+
+
+class KeywordCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+        with torch.no_grad():
+            self.conv.weight[[0, 3, 5]] = 0
+            self.conv.bias[[0, 3, 5]] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(input=self.conv(x).mean((2, 3)))
+
+
+def test_a_consumer_fed_by_keyword_is_observed() -> None:
+    report = api.analyze(KeywordCall().eval(), example_input=torch.randn(1, 3, 8, 8))
+    finding = _one(report, "zeroed-channels")
+    group = finding.evidence["per_group"]["conv"]
+    # observed at fc (its input came by keyword): the three zero filters arrive as exactly 0
+    assert (group["removable"], group["dead"], group["constant"]) == (3, 3, 0)
