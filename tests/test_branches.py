@@ -1242,3 +1242,15 @@ def test_a_consumer_fed_by_keyword_is_observed() -> None:
     group = finding.evidence["per_group"]["conv"]
     # observed at fc (its input came by keyword): the three zero filters arrive as exactly 0
     assert (group["removable"], group["dead"], group["constant"]) == (3, 3, 0)
+
+
+# -- a weight of one column: its zeroed rows are zeroed output channels all the same
+
+
+def test_zeroed_rows_of_a_one_column_weight() -> None:
+    from analyzer.tensors.patterns import weight_pattern
+
+    weight = torch.randn(6, 1)
+    weight[[2, 4]] = 0
+    pattern = weight_pattern(weight)
+    assert pattern.zero_out_channels == [r for r in range(6) if weight[r, 0] == 0] == [2, 4]

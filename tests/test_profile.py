@@ -519,6 +519,17 @@ def test_diagnosis_evidence_keeps_its_figures() -> None:
     assert low == high == round(10 / 8.5, 3) == 1.176
 
 
+@pytest.mark.parametrize("share, said", [(0.55, True), (0.3, False), (0.2, False)])
+def test_no_speedup_says_when_the_time_is_in_layers_that_were_not_pruned(share: float, said: bool) -> None:
+    import dataclasses
+
+    profile = dataclasses.replace(_result(), unpruned_time_share=share)
+    finding = no_speedup(profile)
+    assert finding is not None and finding.evidence["unpruned_time_share"] == share
+    sentence = f"{share:.0%} of the pruned model's layer time is in layers that were not pruned."
+    assert (sentence in finding.message) is said  # above 30% it is part of the explanation
+
+
 # -- statistics, flags and withheld rules -----------------------------------------------
 
 
