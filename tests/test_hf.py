@@ -477,3 +477,22 @@ def test_nothing_is_downloaded_for_a_config_that_names_a_hub_backbone(
     report = analyze(folder)
     assert attempts == []
     assert any("config.json is not used" in note for note in report.notes), report.notes
+
+
+def test_shapes_no_config_can_give_are_said_so(tmp_path: Path) -> None:
+    """down_proj reads 96 inputs in every layer while gate/up still give 128: no value of
+    intermediate_size (or any other field) makes these shapes."""
+    torch.manual_seed(0)
+    model = hf_models.llama()
+    for layer in model.model.layers:
+        down = layer.mlp.down_proj
+        down.weight = torch.nn.Parameter(down.weight[:, :96].detach().clone())
+        down.in_features = 96
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):  # the oracle: transformers' own forward
+        model(torch.randint(0, VOCAB, (1, 6)))
+    model.save_pretrained(tmp_path)
+    report = analyze(tmp_path)
+    finding = _finding(report, "state-dict-mismatch")
+    assert finding.message.startswith("Pruned, and no config.json can describe it (no setting of config.json's fields gives these shapes)")
+    assert "model.layers.0.mlp.down_proj.weight is [64, 96] in the file, [64, 128] from config.json" in finding.message
+    assert "forward-failure" in {f.kind for f in report.findings}
