@@ -1254,3 +1254,15 @@ def test_zeroed_rows_of_a_one_column_weight() -> None:
     weight[[2, 4]] = 0
     pattern = weight_pattern(weight)
     assert pattern.zero_out_channels == [r for r in range(6) if weight[r, 0] == 0] == [2, 4]
+
+
+# -- the zero test on unsigned integers, with a tolerance
+
+
+def test_zero_tolerance_on_unsigned_integers() -> None:
+    from analyzer.tensors.patterns import zero_mask
+
+    values = torch.tensor([0, 1, 2, 255], dtype=torch.uint8)
+    assert zero_mask(values).tolist() == [True, False, False, False]
+    assert zero_mask(values, zero_tol=1.0).tolist() == [v <= 1 for v in (0, 1, 2, 255)] == [True, True, False, False]
+    assert zero_mask(values, zero_tol=0.5).tolist() == [True, False, False, False]
