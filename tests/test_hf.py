@@ -496,3 +496,5 @@ def test_shapes_no_config_can_give_are_said_so(tmp_path: Path) -> None:
     assert finding.message.startswith("Pruned, and no config.json can describe it (no setting of config.json's fields gives these shapes)")
     assert "model.layers.0.mlp.down_proj.weight is [64, 96] in the file, [64, 128] from config.json" in finding.message
     assert "forward-failure" in {f.kind for f in report.findings}
+    # rebuilt to the file's shapes it still fails: that, not the load, is what the verdict leads with
+    assert report.verdict.startswith("The model fails on the inputs input_ids")

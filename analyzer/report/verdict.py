@@ -9,15 +9,16 @@ from .model import Finding, Severity
 __all__ = ["verdict", "PRIORITY", "first_sentence"]
 
 #: Which finding the verdict leads with: the first kind present, in this order. Widths that
-#: no longer agree inside the model come before a failed load: loading it some other way
-#: (load_pruned) gives a model that still cannot run, so the pruning is what to fix first.
+#: no longer agree inside the model, and a model that fails with the file's own shapes, come
+#: before a failed load: loading it some other way (load_pruned) gives a model that still
+#: cannot run, so the pruning is what to fix first.
 PRIORITY = (
     "unsafe-pickle",
     "residual-mismatch",
     "head-shape-mismatch",
     "attention-head-mismatch",
-    "state-dict-mismatch",
     "forward-failure",
+    "state-dict-mismatch",
     "non-finite-weights",
     "invalid-sparse-tensor",
     "zeroed-channels",
