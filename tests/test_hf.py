@@ -495,6 +495,7 @@ def test_shapes_no_config_can_give_are_said_so(tmp_path: Path) -> None:
     finding = _finding(report, "state-dict-mismatch")
     assert finding.message.startswith("Pruned, and no config.json can describe it (no setting of config.json's fields gives these shapes)")
     assert "model.layers.0.mlp.down_proj.weight is [64, 96] in the file, [64, 128] from config.json" in finding.message
+    assert finding.fix.startswith("Rebuild it with analyzer.load_pruned") and "load_pruned(" in finding.fix_code
     assert "forward-failure" in {f.kind for f in report.findings}
     # rebuilt to the file's shapes it still fails: that, not the load, is what the verdict leads with
     assert report.verdict.startswith("The model fails on the inputs input_ids")
