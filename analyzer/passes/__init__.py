@@ -84,10 +84,10 @@ class PassResults:
     failures: list[PassFailure] = field(default_factory=list)
 
 
-def run_passes(ctx: PassContext, passes: tuple[tuple[str, Pass], ...] | None = None) -> PassResults:
+def run_passes(ctx: PassContext) -> PassResults:
     """Every pass's findings, a line for each pass that could not run, and each pass that failed."""
     results = PassResults()
-    for name, run in PASSES if passes is None else passes:
+    for name, run in PASSES:
         try:
             results.findings.extend(run(ctx))
         except PassSkipped as reason:
