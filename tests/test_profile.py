@@ -842,6 +842,28 @@ def test_sampler_summary_without_samples_is_none() -> None:
     assert _sampled(NoUtil(), 0.05).summary() is None
 
 
+def test_samples_nvml_refuses_are_counted_and_said() -> None:
+    from analyzer.profile.measure import _sampled_status
+
+    class NoUtil(FakeNvml):
+        def nvmlDeviceGetUtilizationRates(self, handle: object) -> object:
+            raise NVMLError("Not Supported")
+
+    refused = _sampled(NoUtil(), 0.05)
+    assert refused.samples == [] and refused.failed_samples >= 3 and "Not Supported" in (refused.error or "")
+    assert _sampled_status(refused).startswith(f"NVML sampled during the timed loop (0 samples); {refused.failed_samples} refused, first error: ")
+
+    class BadShutdown(FakeNvml):
+        def nvmlShutdown(self) -> None:
+            raise NVMLError("Uninitialized")
+
+    sampler = _sampled(BadShutdown())
+    summary = sampler.summary()
+    assert summary is not None and summary.samples == len(sampler.samples) >= 3  # the samples are kept
+    assert summary.failed_samples == 0 and summary.error is not None and "nvmlShutdown" in summary.error and "Uninitialized" in summary.error
+    assert _sampled(FakeNvml()).summary().error is None  # type: ignore[union-attr]
+
+
 def test_nvml_init_failure_is_one_line() -> None:
     reason = start_sampler(0, BrokenFakeNvml())
     assert isinstance(reason, str)

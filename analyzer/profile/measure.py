@@ -147,7 +147,7 @@ def _profile(
         timer=timer.name,
         warmup_runs=max(options.measure.warmup, 1),
         cudnn_benchmark=options.cudnn_benchmark if cuda else None,
-        nvml_status=sampler if isinstance(sampler, str) else "NVML sampled during the timed loop",
+        nvml_status=sampler if isinstance(sampler, str) else _sampled_status(sampler),
         notes=notes + _machine_notes(machine, timer, threads, cuda),
         cores=machine.cores,
         load_average=machine.load,
@@ -266,6 +266,14 @@ def _latency(
         return stats, sampler.summary()
     timed_loop()
     return stats, None
+
+
+def _sampled_status(sampler: NvmlSampler) -> str:
+    """What the NVML sampler got: its samples, and what NVML refused (never dropped silently)."""
+    status = f"NVML sampled during the timed loop ({len(sampler.samples)} samples)"
+    if sampler.failed_samples or sampler.error:
+        status += f"; {sampler.failed_samples} refused, first error: {sampler.error}"
+    return status
 
 
 def _layer_iterations(latency: list[LatencyStats], options: ProfileOptions) -> int:

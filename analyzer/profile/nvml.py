@@ -46,6 +46,9 @@ class NvmlSampler:
     handle: Any
     interval_s: float = 0.02
     samples: list[_Sample] = field(default_factory=list)
+    #: Samples NVML refused, and the first reason: said in the summary, never dropped silently.
+    failed_samples: int = 0
+    error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -60,16 +63,20 @@ class NvmlSampler:
             self._thread.join(timeout=2)
         try:
             self.nvml.nvmlShutdown()
-        except Exception:  # shutting down a library that misbehaves must not lose the samples
-            pass
+        except Exception as e:  # shutting down a library that misbehaves must not lose the samples
+            self._note(f"nvmlShutdown: {type(e).__name__}: {e}")
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.samples.append(self._sample())
-            except Exception:  # a counter this GPU does not support: skip the sample
-                pass
+            except Exception as e:  # a counter this GPU does not support: the sample is lost, and counted
+                self.failed_samples += 1
+                self._note(f"{type(e).__name__}: {e}")
             self._stop.wait(self.interval_s)
+
+    def _note(self, error: str) -> None:
+        self.error = self.error or " ".join(error.split())[:200]
 
     def _sample(self) -> _Sample:
         nvml, handle = self.nvml, self.handle
@@ -104,6 +111,8 @@ class NvmlSampler:
             power_w_median=statistics.median(powers) if powers else None,
             sm_clock_mhz_median=statistics.median(clocks) if clocks else None,
             throttle_reasons=[name for bit, name in THROTTLE_REASONS.items() if mask & bit],
+            failed_samples=self.failed_samples,
+            error=self.error,
         )
 
 

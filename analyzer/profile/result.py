@@ -194,6 +194,9 @@ class NvmlSummary:
     power_w_median: float | None
     sm_clock_mhz_median: float | None
     throttle_reasons: list[str] = field(default_factory=list)
+    #: Samples NVML refused while sampling, and the first error NVML raised (None: none).
+    failed_samples: int = 0
+    error: str | None = None
 
 
 @dataclass
