@@ -5,22 +5,27 @@ available (`pip install 'prune-analyzer[pytest]'` also installs pytest-benchmark
 `model_benchmark` runs on). Two pieces:
 
 - the `model_benchmark` fixture times a model's forward pass with pytest-benchmark, in
-  settings that give a median one can compare across runs on a shared CI runner: one CPU
-  thread by default (as `torch.utils.benchmark.Timer`), timed by the CPU time of the
-  thread that runs it (`time.thread_time`: time spent waiting for a core on a busy runner
-  is not the model's, nor is the CPU time of other threads of the process — with the
-  analyzer imported, a background thread's share made the process's CPU time of a
-  200 µs forward jump between two levels 20 % apart), inference mode, CUDA synchronised inside the timed call (and wall
-  time there), a warm-up, then many short rounds (at least `min_round_s` each, at least
-  `min_rounds`, as many as fit in `max_time_s`): on a shared runner most rounds are
-  disturbed by a neighbour (its cache misses cost this process CPU time too), and the
-  fastest rounds are the ones it disturbed least — so compare the `min`, as `timeit`
-  advises. Measured under a busy neighbour on a 2-core machine with a load of 10, the
-  minimum of 2 ms rounds moved 3-4 % between runs where the median of 20 ms rounds moved
-  20 %. A timer chosen with
-  `--benchmark-timer` or the benchmark marker wins. The context goes into
+  settings that give figures one can compare across runs on a shared CI runner: one CPU
+  thread by default (as `torch.utils.benchmark.Timer`), inference mode, a warm-up, then
+  many short rounds (at least `min_round_s` each, at least `min_rounds`, as many as fit in
+  `max_time_s`). On a shared runner most rounds are disturbed by a neighbour (its cache
+  misses cost this process CPU time too) and the fastest rounds are the ones it disturbed
+  least — so compare the `min`, as `timeit` advises. On one CPU thread each round is timed
+  by the CPU time of the thread that runs it (`time.thread_time`: time spent waiting for
+  a core is not the model's, nor is the CPU time of the process's other threads) and is
+  *calibrated*: every round also runs a fixed reference workload, and the model's times
+  are scaled by `REFERENCE_NOMINAL_S / the reference's fastest round`. A runner whose
+  cores are slowed for seconds at a time (a neighbour on a sibling hyperthread, a lower
+  clock) slows the reference as much as the model: on CI the uncalibrated minimum of an
+  unchanged 200 µs forward moved up 20-25 % for whole tests, enough to fail a 15 %
+  compare, while a 30 % slower model measured in a faster moment passed. The figures are
+  then seconds on a runner where the reference takes `REFERENCE_NOMINAL_S`; the raw
+  fastest round and the reference's are in `extra_info` (`calibrate=False` records raw
+  thread CPU time). On CUDA, or with several threads, rounds are timed by pytest-benchmark's
+  timer (wall time, CUDA synchronised inside the timed call), uncalibrated. A timer chosen
+  with `--benchmark-timer` or the benchmark marker wins. The context goes into
   `benchmark.extra_info` (device, threads, timer, torch version, MACs, params, the round
-  settings, NVML readings on a GPU);
+  settings, the calibration, NVML readings on a GPU);
 - `assert_clean(path_or_module, fail_on="error", ignore=(...))` fails the test when
   `analyze` finds anything at or above that severity — the CLI's default threshold.
 
@@ -30,10 +35,12 @@ Regression workflow: `pytest --benchmark-autosave` once, then
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -46,6 +53,12 @@ MISSING_BENCHMARK = (
 )
 
 
+REFERENCE_NOMINAL_S = 100e-6
+"""What the reference workload's fastest call counts for in calibrated figures."""
+REFERENCE = "float32 matmul (64x256)·(256x256) and ReLU, one thread"
+REFERENCE_ROUND_S = 0.0005  # reference time run in each round, about a quarter of a default round
+
+
 @pytest.fixture
 def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """`model_benchmark(model, example_input, device="cpu", threads=1, ...)` → the forward's output.
@@ -54,7 +67,8 @@ def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
     threads while timing (None keeps torch's setting). warmup: calls before timing (at
     least 0.1 s of them). min_round_s, min_rounds, max_time_s: each round runs enough
     calls to last min_round_s; there are at least min_rounds rounds, more (up to 1000)
-    while the total stays under max_time_s.
+    while the total stays under max_time_s. calibrate: on one CPU thread, scale the
+    figures by a reference workload timed in the same rounds (the module's docstring).
     """
     if not request.config.pluginmanager.hasplugin("benchmark"):
         pytest.fail(MISSING_BENCHMARK, pytrace=False)
@@ -68,7 +82,8 @@ def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
         warmup: int = 3,
         min_round_s: float = 0.002,
         min_rounds: int = 20,
-        max_time_s: float = 0.5,
+        max_time_s: float = 1.0,
+        calibrate: bool = True,
     ) -> Any:
         import torch
 
@@ -77,7 +92,10 @@ def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
         from .model.macs import count_macs
 
         target = torch.device(device)
-        cpu_time = target.type == "cpu" and threads == 1 and _default_timer(request, time.thread_time)
+        one_cpu_thread = target.type == "cpu" and threads == 1
+        clock = _ReplayClock()
+        calibrated = one_cpu_thread and calibrate and _default_timer(request, clock.calibrated_thread_time)
+        cpu_time = calibrated or (one_cpu_thread and not calibrate and _default_timer(request, time.thread_time))
         benchmark = request.getfixturevalue("benchmark")
         model = model.to(target).eval()
         x = example_from(example_input).to(target)
@@ -93,17 +111,29 @@ def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
         threads_before = torch.get_num_threads()
         if threads is not None:
             torch.set_num_threads(threads)
+        sampler = None
         try:
             with torch.inference_mode():
                 per_call = _warm_up(forward, warmup)
                 iterations = max(1, math.ceil(min_round_s / per_call))
-                rounds = max(min_rounds, min(1000, int(max_time_s / (iterations * per_call))))
-                sampler = _nvml_sampler(target) if cuda else None
-                if sampler is not None:
-                    with sampler:
-                        result = benchmark.pedantic(forward, rounds=rounds, iterations=iterations, warmup_rounds=1)
+                if calibrated and benchmark.disabled:  # --benchmark-disable: run once, as pedantic would
+                    result, rounds = forward(), 0
+                elif calibrated:
+                    reference = _Reference()
+                    reference_calls = max(1, math.ceil(REFERENCE_ROUND_S / _warm_up(reference, 3, 0.01)))
+                    round_s = iterations * per_call + REFERENCE_ROUND_S
+                    rounds = max(min_rounds, min(1000, int(max_time_s / round_s)))
+                    gc_off = bool(request.config.getoption("benchmark_disable_gc", False))
+                    timed = _calibrated_rounds(forward, rounds, iterations, reference, reference_calls, gc_off)
+                    result = clock.replay(benchmark, timed.calibrated_s, timed.output)
                 else:
-                    result = benchmark.pedantic(forward, rounds=rounds, iterations=iterations, warmup_rounds=1)
+                    rounds = max(min_rounds, min(1000, int(max_time_s / (iterations * per_call))))
+                    sampler = _nvml_sampler(target) if cuda else None
+                    if sampler is not None:
+                        with sampler:
+                            result = benchmark.pedantic(forward, rounds=rounds, iterations=iterations, warmup_rounds=1)
+                    else:
+                        result = benchmark.pedantic(forward, rounds=rounds, iterations=iterations, warmup_rounds=1)
             used_threads = torch.get_num_threads()
         finally:
             torch.set_num_threads(threads_before)
@@ -118,13 +148,21 @@ def model_benchmark(request: pytest.FixtureRequest) -> Callable[..., Any]:
                 "params": sum(p.numel() for p in model.parameters()),
                 "macs": macs,
                 "cuda_synchronized": cuda,
-                "timer": "time.thread_time" if cpu_time else "pytest-benchmark's (--benchmark-timer, default time.perf_counter)",
+                "timer": (
+                    "time.thread_time, calibrated"
+                    if calibrated
+                    else "time.thread_time"
+                    if cpu_time
+                    else "pytest-benchmark's (--benchmark-timer, default time.perf_counter)"
+                ),
                 "warmup": warmup,
                 "rounds": rounds,
                 "iterations": iterations,
                 "min_round_s": min_round_s,
             }
         )
+        if calibrated and not benchmark.disabled:
+            benchmark.extra_info["calibration"] = timed.summary(reference_calls)
         if sampler is not None and (summary := sampler.summary()) is not None:
             benchmark.extra_info["nvml"] = {
                 "sm_util_median": summary.sm_util_median,
@@ -165,6 +203,104 @@ def _warm_up(forward: Callable[[], Any], calls: int, at_least_s: float = 0.1) ->
         fastest = min(fastest, time.perf_counter() - t0)
         done += 1
     return max(fastest, 1e-7)
+
+
+class _Reference:
+    """The fixed workload that calibrates a round: dense compute through the same BLAS a
+    model's linear and conv layers use, on tensors of its own (the caller's RNG untouched)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        generator = torch.Generator().manual_seed(0)
+        self._a = torch.randn(64, 256, generator=generator)
+        self._b = torch.randn(256, 256, generator=generator)
+
+    def __call__(self) -> None:
+        import torch
+
+        torch.relu(torch.mm(self._a, self._b))
+
+
+@dataclass
+class _CalibratedRounds:
+    model_s: list[float]  # thread CPU time per model call, one per round
+    reference_s: list[float]  # thread CPU time per reference call, in the same rounds
+    output: Any
+
+    @property
+    def scale(self) -> float:
+        return REFERENCE_NOMINAL_S / min(self.reference_s)
+
+    @property
+    def calibrated_s(self) -> list[float]:
+        return [t * self.scale for t in self.model_s]
+
+    def summary(self, reference_calls: int) -> dict[str, Any]:
+        return {
+            "reference": REFERENCE,
+            "reference_nominal_s": REFERENCE_NOMINAL_S,
+            "reference_min_s": min(self.reference_s),
+            "reference_calls_per_round": reference_calls,
+            "raw_min_s": min(self.model_s),
+            "scale": self.scale,
+        }
+
+
+def _calibrated_rounds(
+    forward: Callable[[], Any],
+    rounds: int,
+    iterations: int,
+    reference: Callable[[], None],
+    reference_calls: int,
+    gc_off: bool,
+) -> _CalibratedRounds:
+    """Each round: `iterations` model calls, then the reference, each timed by this thread's
+    CPU time. One more round first, as a warm-up, not kept. The scale takes the reference's
+    fastest round, the moment the machine disturbed least, as the model's `min` does."""
+    clock = time.thread_time
+    model_s: list[float] = []
+    reference_s: list[float] = []
+    output = None
+    gc_was_on = gc.isenabled()
+    if gc_off:
+        gc.disable()
+    try:
+        for _ in range(rounds + 1):
+            t0 = clock()
+            for _ in range(iterations):
+                output = forward()
+            t1 = clock()
+            for _ in range(reference_calls):
+                reference()
+            t2 = clock()
+            model_s.append((t1 - t0) / iterations)
+            reference_s.append((t2 - t1) / reference_calls)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return _CalibratedRounds(model_s[1:], reference_s[1:], output)
+
+
+class _ReplayClock:
+    """pytest-benchmark's timer for calibrated rounds: it hands over rounds measured
+    elsewhere, since its own timer can only subtract two readings of one clock. The clock
+    stands still except inside `replay`'s rounds, where each moves it by one duration."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+
+    def calibrated_thread_time(self) -> float:
+        return self._now
+
+    def replay(self, benchmark: Any, durations: list[float], output: Any) -> Any:
+        pending = iter(durations)
+
+        def one_round() -> Any:
+            self._now += next(pending)
+            return output
+
+        return benchmark.pedantic(one_round, rounds=len(durations), iterations=1, warmup_rounds=0)
 
 
 def _nvml_sampler(device: Any) -> Any:

@@ -55,16 +55,79 @@ def test_model_benchmark_stores_the_context(pytester: pytest.Pytester) -> None:
     assert bench["name"] == "test_tiny_conv"
     stats, info = bench["stats"], bench["extra_info"]
     # The defaults: rounds of at least 2 ms, at least 20 of them and about 0.5 s in all,
-    # one thread, CPU time.
-    assert stats["rounds"] == info["rounds"] >= 20 and stats["iterations"] == info["iterations"]
-    assert info["iterations"] * stats["min"] >= 0.002 * 0.5  # a round holds enough calls
-    assert info["threads"] == 1 and info["timer"] == "time.thread_time" and bench["options"]["timer"] == "thread_time"
+    # one thread, this thread's CPU time, calibrated by the reference run in each round.
+    assert stats["rounds"] == info["rounds"] >= 20
+    assert stats["iterations"] == 1 and info["iterations"] > 1  # handed over as per-call times
+    calibration = info["calibration"]
+    assert info["iterations"] * calibration["raw_min_s"] >= 0.002 * 0.5  # a round holds enough calls
+    assert info["threads"] == 1 and info["timer"] == "time.thread_time, calibrated"
+    assert bench["options"]["timer"] == "calibrated_thread_time"
+    # The recorded figures are the raw ones scaled to a runner where the reference takes 100 µs.
+    assert calibration["reference_nominal_s"] == 1e-4 and calibration["reference_calls_per_round"] >= 1
+    expected_scale = 1e-4 / calibration["reference_min_s"]
+    assert calibration["scale"] == pytest.approx(expected_scale, rel=1e-12)
+    assert stats["min"] == pytest.approx(calibration["raw_min_s"] * expected_scale, rel=1e-9)
+    # A reference round is real work: a 64x256x256 matmul is 4.2 MFLOP, more than 0.1 µs anywhere.
+    assert 1e-7 < calibration["reference_min_s"] < 1e-2
     assert info["device"] == "cpu"
     assert info["torch"] == torch.__version__
     assert info["params"] == 8 * 3 * 3 * 3 + 8
     assert info["macs"] == 8 * 14 * 14 * 3 * 3 * 3  # conv MACs per sample
     assert info["input_shape"] == [1, 3, 16, 16]
     assert info["cuda_synchronized"] is False and info["warmup"] == 3
+
+
+TIMER_PATHS_TEST = """
+    import time
+
+    import pytest
+    import torch
+    import torch.nn as nn
+
+    MODEL = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    X = torch.randn(1, 3, 16, 16)
+
+
+    def test_raw(model_benchmark):
+        model_benchmark(MODEL, X, calibrate=False)
+
+
+    def test_two_threads(model_benchmark):
+        model_benchmark(MODEL, X, threads=2)
+
+
+    @pytest.mark.benchmark(timer=time.monotonic)
+    def test_own_timer(model_benchmark):
+        model_benchmark(MODEL, X)
+
+
+    def test_rng_untouched(model_benchmark):
+        torch.manual_seed(123)
+        model_benchmark(MODEL, X)
+        after = torch.rand(4)
+        torch.manual_seed(123)
+        MODEL(X)  # what the fixture runs draws no random numbers either
+        assert torch.equal(after, torch.rand(4))
+"""
+
+
+def test_model_benchmark_calibrates_only_one_cpu_thread_on_its_own_timer(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_paths=textwrap.dedent(TIMER_PATHS_TEST))
+    result = pytester.runpytest_subprocess("--benchmark-json=out.json", *NO_CACHE)
+    result.assert_outcomes(passed=4)
+    benches = {b["name"]: b for b in json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))["benchmarks"]}
+    raw = benches["test_raw"]
+    assert raw["extra_info"]["timer"] == "time.thread_time" and raw["options"]["timer"] == "thread_time"
+    assert "calibration" not in raw["extra_info"] and raw["stats"]["iterations"] == raw["extra_info"]["iterations"] > 1
+    for name in ("test_two_threads", "test_own_timer"):  # wall time by pytest-benchmark's timer or the user's
+        info = benches[name]["extra_info"]
+        assert "calibration" not in info and info["timer"].startswith("pytest-benchmark's"), name
+    assert benches["test_two_threads"]["extra_info"]["threads"] == 2
+    assert benches["test_own_timer"]["options"]["timer"] == "monotonic"
+    assert "calibration" in benches["test_rng_untouched"]["extra_info"]
+
+    disabled = pytester.runpytest_subprocess("--benchmark-disable", "-k", "rng", *NO_CACHE)
+    disabled.assert_outcomes(passed=1)  # the forward ran once, no rounds
 
 
 def test_without_pytest_benchmark_the_fixture_says_what_to_install(pytester: pytest.Pytester) -> None:
