@@ -169,6 +169,9 @@ def test_metapruner_removal_against_arch(tp_pruned: tuple[nn.Module, Path]) -> N
     assert kept["conv1"] == [model.conv1.out_channels, 64]
     assert kept["layer4.1.conv1"] == [model.layer4[1].conv1.out_channels, 512]
     assert kept == _expected_kept(model)
+    kept_widths = [k for k, _ in kept.values()]
+    dense_widths = [o for _, o in kept.values()]
+    assert removal.evidence["kept_fraction"] == round(sum(kept_widths) / sum(dense_widths), 4)
     assert "fc" not in kept  # ignored by the pruner
     assert set(removal.modules) == set(kept)
     assert removal.evidence["params"] == _params(model)
@@ -179,6 +182,22 @@ def test_metapruner_removal_against_arch(tp_pruned: tuple[nn.Module, Path]) -> N
     assert rows["conv1"].shape[0] == model.conv1.out_channels
     assert rows["conv1"].reference_out == 64
     assert "channel removal" not in " ".join(report.not_analysed)
+
+
+def _token_classifier(hidden: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(100, 32), nn.LayerNorm(32), nn.Linear(32, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def test_removal_behind_layers_it_does_not_compare(tmp_path: Path) -> None:
+    """An embedding and a LayerNorm come first in the state dict; the narrowed Linear after
+    them is still compared (hidden features 64 → 40, cut by hand)."""
+    dense, pruned = tmp_path / "dense.pth", tmp_path / "pruned.pth"
+    torch.save(_token_classifier(64).state_dict(), dense)
+    torch.save(_token_classifier(40).state_dict(), pruned)
+    removal = _one(api.analyze(pruned, baseline=dense), "channel-removal")
+    assert removal.evidence["kept_of_original"] == {"2": [40, 64]}
+    assert removal.evidence["kept_fraction"] == 0.625
 
 
 def test_metapruner_unaligned_widths(tp_pruned: tuple[nn.Module, Path]) -> None:
@@ -194,6 +213,16 @@ def test_metapruner_unaligned_widths(tp_pruned: tuple[nn.Module, Path]) -> None:
     assert "round_to=8" in (unaligned.fix_code or "")
     # nothing else is wrong with a cleanly pruned model
     assert {f.kind for f in report.findings} == {"channel-removal", "unaligned-channels"}
+
+
+def test_width_read_only_by_a_depthwise_conv_is_hidden(tmp_path: Path) -> None:
+    """A state dict alone (no module to ask for groups): the depthwise conv's weight is
+    (12, 1, 3, 3), and it reads the 12 channels the pointwise conv before it makes."""
+    torch.manual_seed(0)
+    path = tmp_path / "dw.pth"
+    torch.save(nn.Sequential(nn.Conv2d(3, 12, 1), nn.Conv2d(12, 12, 3, groups=12)).state_dict(), path)
+    unaligned = _one(api.analyze(path), "unaligned-channels")
+    assert unaligned.evidence["widths"] == {"0": 12}  # the depthwise's own output is read by no layer
 
 
 def test_metapruner_round_to_8_is_aligned(tp_pruned_round8: tuple[nn.Module, Path]) -> None:
@@ -249,6 +278,23 @@ def test_unstructured_with_masks(l1_unstructured: tuple[Path, Path, list[str]]) 
         assert rows[name].masked
         assert rows[name].pattern == "unstructured"
     assert not rows["fc"].masked
+
+
+def test_masks_of_different_sparsity_are_summed_over_all_masked_weights(tmp_path: Path) -> None:
+    model = _resnet18()
+    prune.l1_unstructured(model.conv1, "weight", amount=0.5)
+    prune.random_unstructured(model.fc, "weight", amount=0.2)
+    path = tmp_path / "masked.pth"
+    torch.save(model.state_dict(), path)
+    masks = {"conv1.weight": model.conv1.weight_mask, "fc.weight": model.fc.weight_mask}
+    zeros = {name: int((mask == 0).sum()) for name, mask in masks.items()}
+    finding = _one(api.analyze(path), "pruning-masks")
+    assert finding.modules == ["conv1", "fc"]
+    assert finding.evidence["masked_fraction"] == round(sum(zeros.values()) / sum(m.numel() for m in masks.values()), 4)
+    assert finding.evidence["masked_fraction_per_tensor"] == {
+        name: round(zeros[name] / mask.numel(), 4) for name, mask in masks.items()
+    }
+    assert finding.evidence["extra_bytes"] == sum(m.numel() * m.element_size() for m in masks.values())
 
 
 def test_unstructured_after_prune_remove(l1_unstructured: tuple[Path, Path, list[str]]) -> None:
