@@ -335,13 +335,13 @@ class SplitHeads(nn.Module):
 
 
 class HandAttention(nn.Module):
-    """Heads of 16 split by a helper module, or (inline) in its own forward."""
+    """Heads of 16 split by a helper module (nested: inside a container), or (inline) in its own forward."""
 
-    def __init__(self, inline: bool, dim: int = 32) -> None:
+    def __init__(self, inline: bool, dim: int = 32, nested: bool = False) -> None:
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.o_proj = nn.Linear(dim, dim)
-        self.split = SplitHeads(16)
+        self.split = nn.Sequential(SplitHeads(16)) if nested else SplitHeads(16)
         self.inline = inline
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -354,9 +354,9 @@ class HandAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, direct: bool) -> None:
+    def __init__(self, direct: bool, nested: bool = False) -> None:
         super().__init__()
-        self.attn = HandAttention(inline=direct)
+        self.attn = HandAttention(inline=direct, nested=nested)
         self.direct = direct
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,10 +364,10 @@ class Block(nn.Module):
 
 
 class HandModel(nn.Module):
-    def __init__(self, direct: bool = False) -> None:
+    def __init__(self, direct: bool = False, nested: bool = False) -> None:
         super().__init__()
         self.embed = nn.Linear(8, 32)
-        self.blocks = nn.ModuleList([Block(direct)])
+        self.blocks = nn.ModuleList([Block(direct, nested)])
         self.head = nn.Linear(32, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -387,12 +387,18 @@ def hand_model_direct() -> HandModel:
     return HandModel(direct=True).eval()
 
 
-@pytest.mark.parametrize("arch", ["hand_model", "hand_model_direct"])
+def hand_model_nested() -> HandModel:
+    torch.manual_seed(0)
+    return HandModel(nested=True).eval()
+
+
+@pytest.mark.parametrize("arch", ["hand_model", "hand_model_direct", "hand_model_nested"])
 def test_a_failed_reshape_into_heads_names_its_attention_module(folder: Path, arch: str) -> None:
     """q, k and v cut alike to 24 where heads are 16 wide: nothing says head_dim statically, so
     forward-failure reports it — at the attention module, whether the reshape ran in a child
-    of it (hand_model) or in its own forward called past its hooks (hand_model_direct: the
-    innermost module hooks saw is the block)."""
+    of it (hand_model), two levels down (hand_model_nested: attn.split.0) or in its own
+    forward called past its hooks (hand_model_direct: the innermost module hooks saw is the
+    block)."""
     state = {k: v.clone() for k, v in hand_model().state_dict().items()}
     for projection in ("q_proj", "k_proj", "v_proj"):
         state[f"blocks.0.attn.{projection}.weight"] = state[f"blocks.0.attn.{projection}.weight"][:24].clone()

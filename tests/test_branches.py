@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from analyzer import api
+from analyzer import api, load_pruned
 from analyzer.report.model import Finding, Report, ReportSet, Severity
 
 SMALL = (1, 3, 8, 8)
@@ -239,6 +239,51 @@ def test_token_mlp_compacts_along_its_features(tmp_path: Path, run_cli) -> None:
         assert torch.allclose(model(x), compacted(x), atol=1e-5)
     result = run_cli(path, "--input-shape", "1,5,16", "--compact", tmp_path / "cli.pth")
     assert "Traceback" not in result.out + result.err and result.code == 0, result.err
+
+
+class RefusesDispatchModes(nn.Module):
+    """The token MLP behind a kernel that will not run under a Python dispatch mode, as a C++
+    extension op without a Python dispatch key does: the MAC counter cannot run it, torch can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = _token_mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+        if is_in_torch_dispatch_mode():
+            raise NotImplementedError("no kernel registered for the Python dispatch key")
+        return self.mlp(x)
+
+
+def refuses_dispatch_modes() -> RefusesDispatchModes:
+    return RefusesDispatchModes().eval()
+
+
+def test_a_compaction_whose_macs_cannot_be_counted_still_compacts(tmp_path: Path, run_cli) -> None:
+    model = refuses_dispatch_modes()
+    path = tmp_path / "mlp.pth"
+    torch.save(model.state_dict(), path)
+    out = tmp_path / "out.pth"
+    report = api.analyze(path, arch="tests.test_branches:refuses_dispatch_modes", input_shape=TOKENS, compact_to=out)
+    c = report.compaction
+    assert c["refused"] is None, c["refused"]
+    assert c["macs_before"] is None and c["macs_after"] is None
+    assert [n.split(" (")[0] for n in c["notes"]] == ["MACs not counted", "MACs not counted"]
+    assert "NotImplementedError: no kernel registered for the Python dispatch key" in c["notes"][0]
+    assert report.summary.macs is None  # the header has no count either, and says so in its notes
+    assert any(n.startswith("MACs not counted") for n in report.notes), report.notes
+    state = torch.load(out, weights_only=True)["state_dict"]
+    assert (state["mlp.0.weight"].shape, state["mlp.2.weight"].shape) == ((29, 16), (16, 29))
+    compacted = load_pruned(out, "tests.test_branches:refuses_dispatch_modes")
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    cli = run_cli(path, "--arch", "tests.test_branches:refuses_dispatch_modes", "--input-shape", "1,5,16",
+                  "--compact", tmp_path / "cli.pth")
+    assert cli.code == 0 and "Traceback" not in cli.out + cli.err, cli.err
+    assert "MACs not counted → not counted" in cli.out and "note: MACs not counted (NotImplementedError" in cli.out
 
 
 # -- what a silenced channel carries: varying after a padded depthwise conv; unobserved

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -269,11 +268,34 @@ def test_widths_that_differ_per_layer_need_load_pruned(tmp_path: Path) -> None:
     pruned.save_pretrained(tmp_path)
     finding = _finding(analyze(tmp_path), "state-dict-mismatch")
     assert "differ between layers" in finding.message and "load_pruned" in finding.fix_code
+    assert finding.fix is not None and "analyzer.load_pruned" in finding.fix and "same ratio in every layer" in finding.fix
     widths = finding.evidence["per_layer"]["model.layers.#.mlp.gate_proj.weight dim 0 (intermediate_size)"]
     assert widths == {"96": ["model.layers.0.mlp.gate_proj"], "112": ["model.layers.1.mlp.gate_proj"]}
     rebuilt = load_pruned(tmp_path)
     ids = torch.randint(0, VOCAB, (1, 6))
     torch.testing.assert_close(_logits(rebuilt, ids), _logits(pruned, ids))
+
+
+def test_a_trimmed_vocabulary_keeps_lm_head_tied_to_the_embedding(tmp_path: Path) -> None:
+    """Tied weights (save_pretrained stores the embedding once): the vocabulary cut to its
+    first 60 tokens; load_pruned resizes both and ties them again, or lm_head would stay a
+    fresh tensor the file never fills."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = hf_models.llama_config()
+    config.tie_word_embeddings = True
+    model = LlamaForCausalLM(config).eval()
+    embed = model.model.embed_tokens
+    embed.weight = torch.nn.Parameter(embed.weight[:60].detach().clone())
+    embed.num_embeddings = 60
+    model.lm_head.weight = embed.weight
+    model.lm_head.out_features = 60
+    model.save_pretrained(tmp_path)
+    rebuilt = load_pruned(tmp_path)
+    assert rebuilt.lm_head.weight is rebuilt.model.embed_tokens.weight
+    ids = torch.randint(0, 60, (1, 6))
+    torch.testing.assert_close(_logits(rebuilt, ids), _logits(model, ids))
 
 
 _WITHOUT_TRANSFORMERS = """

@@ -31,13 +31,15 @@ class CompactionResult:
     load_code: str | None = None
     params_before: int = 0
     params_after: int = 0
-    macs_before: int = 0
-    macs_after: int = 0
+    #: None when the MAC counter could not run the model (a note says why).
+    macs_before: int | None = 0
+    macs_after: int | None = 0
     max_abs_diff: float | None = None
     tolerance: float | None = None
     masks_folded: int = 0
     round_to: int | None = None
     groups: list[GroupCompaction] = field(default_factory=list)
+    #: What the result leaves out, and why.
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

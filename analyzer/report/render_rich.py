@@ -238,7 +238,7 @@ def _compaction(data: dict[str, Any]) -> RenderableType:
             Text(
                 f"Wrote {data['output']} ({data['saved_as']}): {removed} channels removed, "
                 f"{data['masks_folded']} masks folded; params {data['params_before']:,} → {data['params_after']:,}, "
-                f"MACs {data['macs_before']:,} → {data['macs_after']:,}; outputs equal within {data['tolerance']:.2g} "
+                f"MACs {_count(data['macs_before'])} → {_count(data['macs_after'])}; outputs equal within {data['tolerance']:.2g} "
                 f"(max difference {data['max_abs_diff']:.2g})."
             )
         )
@@ -250,10 +250,15 @@ def _compaction(data: dict[str, Any]) -> RenderableType:
             if group["left"]:
                 line += f", left {group['left']} ({group['left_because']})"
             body.append(Text(line, style="dim"))
+    body += [Text(f"note: {note}", style="dim") for note in data.get("notes", [])]
     panel = Panel(Group(*body), title="compact", title_align="left", border_style="green" if not data.get("refused") else "yellow")
     if data.get("load_code"):
         return Group(panel, CodeBlock(data["load_code"]))
     return panel
+
+
+def _count(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "not counted"
 
 
 def _bytes(size: int) -> str:
