@@ -508,3 +508,19 @@ def test_head_dims_pruned_in_a_fused_qkv_are_fine_against_the_dense_heads(tmp_pa
     report = api.analyze(tmp_path / "pruned.pth", baseline=tmp_path / "dense.pth", allow_modules=("tests",))
     assert "attention-head-mismatch" not in {f.kind for f in report.findings}
     assert "channel-removal" in {f.kind for f in report.findings}  # the reference was used
+
+
+def test_config_fields_a_frozen_config_refuses_are_returned_not_dropped() -> None:
+    import dataclasses
+
+    from analyzer.model.attention import update_config
+
+    @dataclasses.dataclass(frozen=True)
+    class FrozenConfig:
+        hidden_size: int = 64
+
+    model = nn.Linear(2, 2)
+    model.config = FrozenConfig()  # type: ignore[assignment]
+    applied, refused = update_config(model, {}, 0, {"hidden_size": 48})
+    assert applied == {} and model.config.hidden_size == 64
+    assert list(refused) == ["hidden_size"] and refused["hidden_size"].startswith("FrozenInstanceError")

@@ -392,6 +392,9 @@ def _runnable_module(
         if fit.narrower_heads:
             listed = ", ".join(f"{name}: {heads}" for name, heads in list(fit.narrower_heads.items())[:3])
             result.notes.append(f"attention rebuilt with a narrower head_dim, its head count kept ({listed})")
+        if fit.config_refused:
+            refused = "; ".join(f"{name} ({why})" for name, why in fit.config_refused.items())
+            result.notes.append(f"the model's config kept its dense value of {refused}")
     try:
         _load_strict(model, checkpoint, tied)
     except (RuntimeError, ValueError) as e:

@@ -413,14 +413,16 @@ def _set_attributes(module: nn.Module, site: AttentionSite, before: _Dense, new:
             setattr(module, name, type(old)(value) if isinstance(old, int) and isinstance(value, int) else value)
 
 
-def update_config(model: nn.Module, fitted: Mapping[str, Heads], sites: int, widths: Mapping[str, int]) -> dict[str, int]:
+def update_config(
+    model: nn.Module, fitted: Mapping[str, Heads], sites: int, widths: Mapping[str, int]
+) -> tuple[dict[str, int], dict[str, str]]:
     """Keep a transformers model's config in step with its resized modules (forward and
     save_pretrained read it): head counts where every one of the `sites` attention modules
     was fitted alike, and the `widths` given (hidden_size, intermediate_size) where the
-    config has them. Returns what was set."""
+    config has them. Returns what was set, and the fields the config refused (name -> why)."""
     config = getattr(model, "config", None)
     if config is None:
-        return {}
+        return {}, {}
     updates = {name: value for name, value in widths.items() if _is_int(getattr(config, name, None))}
     if fitted and len(fitted) == sites:
         heads = {h.heads for h in fitted.values()}
@@ -437,14 +439,16 @@ def update_config(model: nn.Module, fitted: Mapping[str, Heads], sites: int, wid
             implied = hidden // count if _is_int(hidden) and _is_int(count) else None
             if _is_int(getattr(config, "head_dim", None)) or implied != head_dim:
                 updates["head_dim"] = head_dim  # type: ignore[assignment]
-    applied = {}
+    applied: dict[str, int] = {}
+    refused: dict[str, str] = {}
     for name, value in updates.items():
         try:
             setattr(config, name, value)
-        except Exception:  # a frozen or validating config keeps its value
-            continue
-        applied[name] = value
-    return applied
+        except Exception as e:  # a frozen or validating config keeps its value: the caller says so
+            refused[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+        else:
+            applied[name] = value
+    return applied, refused
 
 
 def _is_int(value: Any) -> bool:

@@ -83,6 +83,8 @@ class FitReport:
     unfit_heads: list[str] = field(default_factory=list)
     #: Fields set on a transformers model's config after resizing (num_attention_heads, ...).
     config_updates: dict[str, int] = field(default_factory=dict)
+    #: Fields the config would not take (a frozen or validating config): name -> why.
+    config_refused: dict[str, str] = field(default_factory=dict)
     #: Attention modules rebuilt with a head_dim other than the dense one: name -> "4 heads of 6 (dense: 4 of 8)".
     narrower_heads: dict[str, str] = field(default_factory=dict)
 
@@ -200,7 +202,7 @@ def resize_to(
         if heads.head_dim != before.head_dim:
             report.narrower_heads[name] = f"{heads.heads} heads of {heads.head_dim} (dense: {before.heads} of {before.head_dim})"
     widths = _new_config_widths(dense_config, dense_shapes, shapes)
-    report.config_updates = attention.update_config(model, fitted, len(dense_heads), widths)
+    report.config_updates, report.config_refused = attention.update_config(model, fitted, len(dense_heads), widths)
 
 
 def tied_keys(model: nn.Module) -> dict[str, set[str]]:
