@@ -29,6 +29,11 @@ def _one(report: Report, kind: str) -> Finding:
     return found[0]
 
 
+def _assert_same_outputs(model: nn.Module, compacted: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+
+
 def _save_full(model: nn.Module, path: Path) -> Path:
     torch.save(model.eval(), path)
     return path
@@ -127,8 +132,7 @@ def test_compact_leaves_a_group_torch_pruning_refuses_and_says_why(tmp_path: Pat
     compacted = torch.load(out, weights_only=False)
     assert (compacted[0].out_channels, compacted[3].out_channels, compacted[8].in_features) == (8, 6, 6)
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 class OnlyAllDead(nn.Module):
@@ -235,8 +239,7 @@ def test_token_mlp_compacts_along_its_features(tmp_path: Path, run_cli) -> None:
     compacted = torch.load(out, weights_only=False)
     assert (compacted[0].out_features, compacted[2].in_features) == (29, 29)
     x = torch.randn(3, 7, 16)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
     result = run_cli(path, "--input-shape", "1,5,16", "--compact", tmp_path / "cli.pth")
     assert "Traceback" not in result.out + result.err and result.code == 0, result.err
 
@@ -278,8 +281,7 @@ def test_a_compaction_whose_macs_cannot_be_counted_still_compacts(tmp_path: Path
     assert (state["mlp.0.weight"].shape, state["mlp.2.weight"].shape) == ((29, 16), (16, 29))
     compacted = load_pruned(out, "tests.test_branches:refuses_dispatch_modes")
     x = torch.randn(3, 7, 16)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
     cli = run_cli(path, "--arch", "tests.test_branches:refuses_dispatch_modes", "--input-shape", "1,5,16",
                   "--compact", tmp_path / "cli.pth")
     assert cli.code == 0 and "Traceback" not in cli.out + cli.err, cli.err
@@ -329,8 +331,7 @@ def test_silenced_channel_that_arrives_varying_is_not_removable(tmp_path: Path) 
     compacted = torch.load(out, weights_only=False)
     assert (compacted[0].out_channels, compacted[2].groups, compacted[3].in_channels) == (7, 7, 7)
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 class BatchOfOneHead(nn.Module):
@@ -370,8 +371,7 @@ def test_channels_whose_consumer_never_ran_on_the_probes_stay(tmp_path: Path) ->
     assert (compacted.stem.out_channels, compacted.mid.in_channels, compacted.mid.out_channels) == (6, 6, 8)
     for batch in (1, 3):
         x = torch.randn(batch, 3, 8, 8)
-        with torch.no_grad():
-            assert torch.allclose(model(x), compacted(x), atol=1e-5)
+        _assert_same_outputs(model, compacted, x)
 
 
 # -- the compaction's verification: outputs must agree within 1e-4 of their scale
@@ -798,8 +798,7 @@ def test_zeroed_output_channels_of_a_transposed_conv(tmp_path: Path) -> None:
     compacted = torch.load(out, weights_only=False)
     assert (compacted[0].out_channels, compacted[2].in_channels) == (6, 6)
     x = torch.randn(2, 3, 4, 4)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 # -- constants that cannot be folded into the layer that reads them
@@ -841,8 +840,7 @@ def test_constant_that_cannot_be_folded_stays(tmp_path: Path, consumer, because:
     assert (summary["removed"], summary["left"]) == (1, 2) and because in summary["left_because"]
     compacted = torch.load(out, weights_only=False)
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 def test_constant_into_a_valid_padded_conv_is_folded(tmp_path: Path) -> None:
@@ -854,8 +852,7 @@ def test_constant_into_a_valid_padded_conv_is_folded(tmp_path: Path) -> None:
     compacted = torch.load(out, weights_only=False)
     assert compacted[0].out_channels == 5
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 def test_channels_read_by_a_grouped_conv_stay(tmp_path: Path) -> None:
@@ -893,8 +890,7 @@ def test_constant_into_a_linear(tmp_path: Path, absorber: str) -> None:
     compacted = torch.load(out, weights_only=False)
     assert compacted[0].out_features == 32 - 1 - folded
     x = torch.randn(5, 16)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 # -- --round-to, and masks folded by the compaction
@@ -930,8 +926,7 @@ def test_round_to_keeps_widths_multiples(tmp_path: Path, round_to: int | None) -
     compacted = torch.load(out, weights_only=False)
     assert compacted[0].out_channels == expected[4]
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 def test_compaction_folds_prune_masks_of_a_full_module(tmp_path: Path) -> None:
@@ -947,8 +942,7 @@ def test_compaction_folds_prune_masks_of_a_full_module(tmp_path: Path) -> None:
     compacted = torch.load(out, weights_only=False)
     assert not [k for k in compacted.state_dict() if k.endswith(("_orig", "_mask"))]
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 def three_dead_two_constant() -> nn.Sequential:
@@ -969,8 +963,7 @@ def test_compaction_counts_the_masks_of_a_state_dict_rebuilt_on_arch(tmp_path: P
     compacted = api.load_pruned(out, three_dead_two_constant)
     assert compacted[0].out_channels == 11
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(model(x), compacted(x), atol=1e-5)
+    _assert_same_outputs(model, compacted, x)
 
 
 # -- sparsity: the channel ratio suggested, N:M requirements
