@@ -26,7 +26,7 @@ import torch.nn.utils.prune as prune
 
 from ..model import Model
 from ..model.inputs import ExampleInput
-from ..model.macs import count_macs
+from ..model.macs import count_macs_or_note
 from ..model.coupling import ChannelGroup
 from ..model.modules import batchnorm_after
 from ..model.silence import ChannelRange, channel_fates, silenced_channels
@@ -126,14 +126,10 @@ def _compact(
 
 
 def _macs(module: nn.Module, example: ExampleInput, result: CompactionResult) -> int | None:
-    """MACs per sample, or None with a note: an op the counter's dispatch mode cannot run is
-    no reason to refuse a compaction whose outputs were verified."""
-    try:
-        return count_macs(module, example).per_sample
-    except Exception as e:  # said in the result's notes, not hidden
-        result.notes.append(f"MACs not counted ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
-        return None
-
+    """MACs per sample, or None with a note: an op the counter cannot run is no reason to
+    refuse a compaction whose outputs were verified."""
+    count = count_macs_or_note(module, example, result.notes)
+    return count.per_sample if count is not None else None
 
 @dataclass
 class _Plan:

@@ -34,7 +34,7 @@ from .coupling import ChannelGroup, coupled_groups, dependency_graph
 from .factory import build_dense, load_factory, parse_input_shape, parse_named_input
 from .fit import PRUNED, FitReport, compare, resize_to
 from .inputs import ExampleInput, model_input, random_input, takes_tokens
-from .macs import MacCount, count_macs
+from .macs import MacCount, count_macs_or_note
 from .modules import tied_names
 from .silence import ChannelRange, consumer_ranges, probe_inputs
 from .threads import single_threaded
@@ -204,13 +204,7 @@ def build(
 
 
 def _macs(module: nn.Module, example: ExampleInput, trace: Trace, result: Build) -> MacCount | None:
-    if not trace.ok:
-        return None
-    try:
-        return count_macs(module, example)
-    except Exception as e:  # an op the counter cannot run under its dispatch mode: said, not hidden
-        result.notes.append(f"MACs not counted ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
-        return None
+    return count_macs_or_note(module, example, result.notes) if trace.ok else None
 
 
 def rebuild_pruned(checkpoint: Checkpoint, factory: str | Callable[[], nn.Module] | None = None) -> nn.Module:

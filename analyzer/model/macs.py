@@ -26,7 +26,7 @@ from torch.utils.flop_counter import flop_registry
 
 from .inputs import ExampleInput, example_from
 
-__all__ = ["MacCount", "count_macs"]
+__all__ = ["MacCount", "count_macs", "count_macs_or_note"]
 
 aten = torch.ops.aten
 
@@ -55,6 +55,16 @@ class MacCount:
     @property
     def per_sample(self) -> int:
         return round(self.total / self.batch) if self.batch > 0 else self.total
+
+
+def count_macs_or_note(model: nn.Module, example: ExampleInput | torch.Tensor, notes: list[str]) -> MacCount | None:
+    """`count_macs`, or None with a line in `notes`: an op the counter's dispatch mode cannot
+    run leaves the count out, it does not stop what needs the model."""
+    try:
+        return count_macs(model, example)
+    except Exception as e:  # said in `notes`, not hidden
+        notes.append(f"MACs not counted ({type(e).__name__}: {' '.join(str(e).split())[:160]})")
+        return None
 
 
 def count_macs(model: nn.Module, example: ExampleInput | torch.Tensor) -> MacCount:
