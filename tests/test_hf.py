@@ -298,6 +298,30 @@ def test_a_trimmed_vocabulary_keeps_lm_head_tied_to_the_embedding(tmp_path: Path
     torch.testing.assert_close(_logits(rebuilt, ids), _logits(model, ids))
 
 
+def test_zeroed_intermediate_features_of_bert_compact(tmp_path: Path) -> None:
+    """Its groups have Embedding producers (weight (count, hidden): channels on axis 1) next
+    to the Linear ones; eight zeroed rows of one intermediate Linear go, outputs unchanged."""
+    torch.manual_seed(0)
+    model = hf_models.bert()
+    dense = model.bert.encoder.layer[0].intermediate.dense
+    with torch.no_grad():
+        dense.weight[:8] = 0
+        dense.bias[:8] = 0
+    model.save_pretrained(tmp_path / "bert")
+    out = tmp_path / "compact.pth"
+    report = analyze(tmp_path / "bert", compact_to=out)
+    assert report.failures == []
+    c = report.compaction
+    assert c["refused"] is None, c["refused"]
+    hidden = model.config.hidden_size
+    assert c["params_before"] - c["params_after"] == 8 * (hidden + 1) + 8 * hidden  # rows + bias, output columns
+    compacted = torch.load(out, weights_only=False)
+    assert compacted.bert.encoder.layer[0].intermediate.dense.out_features == model.config.intermediate_size - 8
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(compacted(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
 _WITHOUT_TRANSFORMERS = """
 import sys
 class NoTransformers:

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..tensors.layers import adjacent
 
-__all__ = ["is_depthwise", "batchnorm_after", "tied_names", "input_channel_axis"]
+__all__ = ["is_depthwise", "batchnorm_after", "tied_names", "input_channel_axis", "output_channel_axis"]
 
 #: Layers whose weight reads the last axis of the input: (N, *, features).
 _FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.MultiheadAttention)
@@ -43,6 +43,25 @@ def tied_names(module: nn.Module) -> list[tuple[str, ...]]:
     return [tuple(names) for names in groups.values() if len(names) > 1]
 
 
+def output_channel_axis(module: nn.Module) -> int | None:
+    """The axis of `module`'s weight that indexes its output channels: 0 for convolutions
+    and Linear, 1 for transposed convolutions (weight (in, out, ...)), Embedding ((count,
+    dim)) and transformers' Conv1D ((in, out)); None for a weight whose layout is not known
+    here (its channels are not guessed)."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return 1
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        return 0
+    if isinstance(module, nn.Embedding) or _is_transformers_conv1d(module):
+        return 1
+    return None
+
+
+def _is_transformers_conv1d(module: nn.Module) -> bool:
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return isinstance(conv1d, type) and isinstance(module, conv1d)
+
+
 def input_channel_axis(module: nn.Module) -> int | None:
     """The axis of `module`'s input that its weight reads as channels: the last for a
     Linear (fed (N, F) or (N, T, F) alike), 1 for convolutions and norms over (N, C, ...);
@@ -51,7 +70,6 @@ def input_channel_axis(module: nn.Module) -> int | None:
         return -1
     if isinstance(module, _CHANNELS_FIRST):
         return 1
-    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
-    if isinstance(conv1d, type) and isinstance(module, conv1d):
+    if _is_transformers_conv1d(module):
         return -1  # transformers' Conv1D (GPT-2): a Linear whose weight is stored (in, out)
     return None

@@ -18,7 +18,7 @@ import torch.nn as nn
 from .coupling import ChannelGroup
 from .inputs import ExampleInput
 from ..tensors.patterns import zero_mask
-from .modules import batchnorm_after, input_channel_axis, is_depthwise
+from .modules import batchnorm_after, input_channel_axis, is_depthwise, output_channel_axis
 
 __all__ = [
     "ChannelRange",
@@ -84,12 +84,11 @@ def silenced_by_producer(modules: dict[str, nn.Module], group: ChannelGroup, zer
     for producer in group.producers():
         module = modules.get(producer.name)
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            by_producer[producer.name] = set()
+        axis = output_channel_axis(module) if module is not None else None
+        if not isinstance(weight, torch.Tensor) or axis is None or weight.dim() < 2:
+            by_producer[producer.name] = set()  # no known output axis: it silences nothing we can vouch for
             continue
-        if isinstance(module, nn.modules.conv._ConvTransposeNd):
-            weight = weight.transpose(0, 1)
-        silent = zero_mask(weight.detach().flatten(1), zero_tol).all(1)
+        silent = zero_mask(weight.detach().movedim(axis, 0).flatten(1), zero_tol).all(1)
         for follower in group.followers(producer.name):
             bn = modules.get(follower.name)
             if isinstance(bn, nn.modules.batchnorm._NormBase) and bn.weight is not None and bn.weight.numel() == silent.numel():
