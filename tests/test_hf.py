@@ -322,6 +322,26 @@ def test_zeroed_intermediate_features_of_bert_compact(tmp_path: Path) -> None:
         torch.testing.assert_close(compacted(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
+def test_llama_whose_grouping_torch_pruning_cannot_finish_is_analysed_per_layer(tmp_path: Path) -> None:
+    """torch-pruning (1.6.1) loops without end grouping transformers' Llama: the grouping runs
+    in a bounded child, so the analysis finishes, per layer, and --compact refuses, both
+    saying why. (A torch-pruning that groups it makes this test fail: then check the groups.)"""
+    torch.manual_seed(0)
+    model = hf_models.llama()
+    up = model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        up.weight[:8] = 0
+    model.save_pretrained(tmp_path / "llama")
+    report = analyze(tmp_path / "llama", compact_to=tmp_path / "compact.pth")
+    assert report.failures == []
+    zeroed = _finding(report, "zeroed-channels")
+    assert zeroed.evidence["coupling_checked"] is False
+    assert zeroed.evidence["per_layer"]["model.layers.0.mlp.up_proj"]["zeroed"] == 8
+    assert "grouping did not finish within" in zeroed.message
+    assert "grouping did not finish within" in report.compaction["refused"]
+    assert not (tmp_path / "compact.pth").exists()
+
+
 _WITHOUT_TRANSFORMERS = """
 import sys
 class NoTransformers:

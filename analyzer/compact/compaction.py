@@ -27,7 +27,7 @@ import torch.nn.utils.prune as prune
 from ..model import Model
 from ..model.inputs import ExampleInput
 from ..model.macs import count_macs_or_note
-from ..model.coupling import ChannelGroup
+from ..model.coupling import ChannelGroup, GroupingUnfinished
 from ..model.modules import batchnorm_after
 from ..model.silence import ChannelRange, channel_fates, silenced_channels
 from ..model.threads import single_threaded
@@ -83,6 +83,11 @@ def _compact(
             f"torch-pruning cannot trace this model ({type(e).__name__}: {' '.join(str(e).split())[:160]}), so its "
             "coupled channels are unknown and none can be removed safely; nothing written"
         )
+        return result
+    try:
+        model.coupled_groups()
+    except GroupingUnfinished as e:
+        result.refused = f"{e}, so the coupled channels are unknown and none can be removed safely; nothing written"
         return result
     probed = model.probed()  # before anything changes: its outputs are what the result must reproduce
     folded_here = _fold_masks(work)

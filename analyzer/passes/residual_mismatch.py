@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ..model.graph import BINARY_OPS, CAT_OPS, OpRecord
-from ..model.coupling import coupled_groups, dependency_graph
+from ..model.coupling import GroupingUnfinished, coupled_groups, dependency_graph
 from ..tensors.layers import Layer, adjacent
 from ..report.model import Finding, Severity
 from .context import PassContext
@@ -154,7 +154,10 @@ def _coupled_with(ctx: PassContext, module: str) -> list[str]:
         graph = dependency_graph(reference.module, ctx.model.example_input)
     except Exception:  # torch-pruning may not trace the reference either; the finding stands without it
         return []
-    groups = coupled_groups(reference.module, ctx.model.example_input, graph)
+    try:
+        groups = coupled_groups(reference.module, ctx.model.example_input, graph)
+    except GroupingUnfinished:  # as above: the coupled layers are extra evidence, the finding stands
+        return []
     for group in groups:
         names = [m.name for m in group.members]
         if module in names or any(module.startswith(n + ".") for n in names):

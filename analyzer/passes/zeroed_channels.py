@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..model.coupling import ChannelGroup
+from ..model.coupling import ChannelGroup, GroupingUnfinished
 from ..model.silence import channel_fates, silenced_by_producer
 from ..model.modules import is_depthwise
 from ..tensors.layers import Layer, adjacent
@@ -87,7 +87,10 @@ def _groups(ctx: PassContext) -> tuple[list[ChannelGroup] | None, str]:
         model.dependency_graph()
     except Exception as e:  # torch-pruning raises many kinds on graphs it cannot trace
         return None, f"per layer only: torch-pruning could not trace the model ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
-    return model.coupled_groups(), ""  # a failure here is ours, not torch-pruning's: the pass fails
+    try:
+        return model.coupled_groups(), ""  # any other failure here is ours, not torch-pruning's: the pass fails
+    except GroupingUnfinished as e:
+        return None, f"per layer only: {e}, so coupling through residual adds was not checked"
 
 
 def _zeroed_static(ctx: PassContext, per_layer: dict[str, _Silenced], note: str) -> Finding:
