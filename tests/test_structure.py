@@ -527,3 +527,69 @@ def test_module_hooks_name_the_shortcut_not_an_unrelated_module(tmp_path: Path) 
     # operand of the add: the shortcut is layer2.0.downsample.
     assert wide and wide[0] in ("net.layer2.0.downsample", "net.layer2.0.downsample.1"), operands
 
+
+
+# -- a YOLO-style head: found by its type, one conv per level in a ModuleList ------------
+
+
+class Detect(nn.Module):
+    """YOLOv5's head, as ultralytics writes it: one 1x1 conv per pyramid level in the
+    ModuleList `m`, anchors × (5 + classes) outputs each, decoded as (N, -1, 5 + classes)."""
+
+    def __init__(self, channels: tuple[int, ...] = (8, 16, 32), classes: int = 2, anchors: int = 3) -> None:
+        super().__init__()
+        self.no, self.num_anchors = classes + 5, anchors
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * anchors, 1) for c in channels)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        outputs = []
+        for conv, x in zip(self.m, features):
+            y = conv(x)
+            n, _, h, w = y.shape
+            outputs.append(y.view(n, self.num_anchors, self.no, h, w).permute(0, 1, 3, 4, 2).reshape(n, -1, self.no))
+        return torch.cat(outputs, 1)
+
+
+class TinyYolo(nn.Module):
+    """Layers in one list as YOLOv5's `model.model`: no module on the head's path is named
+    like a head, so only its type says what it is (model.3.m.0 … model.3.m.2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.ModuleList([
+            nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 16, 3, 2, 1), nn.Conv2d(16, 32, 3, 2, 1), Detect(),
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = []
+        for layer in self.model[:3]:
+            x = layer(x)
+            features.append(x)
+        return self.model[3](features)
+
+
+YOLO_LEVELS = ["model.3.m.0", "model.3.m.1", "model.3.m.2"]
+
+
+def test_every_level_of_a_head_found_by_its_type_is_checked(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dense = TinyYolo().eval()
+    torch.save(dense.state_dict(), tmp_path / "dense.pth")
+    pruned = TinyYolo().eval()
+    pruned.model[3].m[1] = nn.Conv2d(16, 14, 1)  # the middle level cut to 2 anchors of 7 values
+    torch.save(pruned, tmp_path / "pruned.pth")
+    report = api.analyze(tmp_path / "pruned.pth", allow_modules=("tests",), input_shape=(1, 3, 32, 32), baseline=tmp_path / "dense.pth")
+    finding = _one(report, "head-shape-mismatch")
+    assert list(finding.evidence["heads"]) == YOLO_LEVELS  # each level's conv, not only the last one
+    assert finding.evidence["heads"]["model.3.m.1"]["out_channels"] == 14
+    assert finding.evidence["heads"]["model.3.m.1"]["reference_out_channels"] == 21
+    assert "model.3.m.1" in finding.message and "14" in finding.message
+    assert all(finding.evidence["heads"][level]["out_channels"] == 21 for level in ("model.3.m.0", "model.3.m.2"))
+
+
+def test_a_dense_head_found_by_its_type_reports_nothing(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(TinyYolo().eval(), tmp_path / "dense.pth")
+    report = api.analyze(tmp_path / "dense.pth", allow_modules=("tests",), input_shape=(1, 3, 32, 32))
+    assert report.findings == [] or "head-shape-mismatch" not in _kinds(report)
+    assert report.failures == []

@@ -98,27 +98,42 @@ def _head_convs(layers: list[Layer], module_types: dict[str, str], graph: GraphT
     for layer in layers:
         if not layer.is_conv:
             continue
-        owner = _head_owner(layer.name, head_modules)
+        owner = _head_owner(layer.name, head_modules, module_types)
         if owner is not None:
             last_in_module[owner] = layer.name
     found = dict.fromkeys(last_in_module.values())
-    for conv in _view_values(graph):
-        found.setdefault(conv)
+    convs = {layer.name for layer in layers if layer.is_conv}
+    for producer in _view_values(graph):
+        if producer in convs:  # not the model's input or an op of its own
+            found.setdefault(producer)
     return list(found)
 
 
-def _head_owner(name: str, head_modules: set[str]) -> str | None:
-    """The head module (by type or by name) that holds the layer `name`, one per level."""
+def _head_owner(name: str, head_modules: set[str], module_types: dict[str, str]) -> str | None:
+    """The head (a module typed or named like one) that holds the layer `name`, one owner per
+    pyramid level, so that every level's last conv is a head conv."""
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:i])
-        if prefix in head_modules:
-            return prefix
+        if ".".join(parts[:i]) in head_modules:
+            return ".".join(parts[: _level_end(parts, i, module_types)])
     for i, part in enumerate(parts[:-1]):
         if _HEAD_NAME.search(part):
-            level = parts[i + 1] if i + 1 < len(parts) - 1 and parts[i + 1].isdigit() else None
-            return ".".join(parts[: i + 2] if level is not None else parts[: i + 1])
+            return ".".join(parts[: _level_end(parts, i + 1, module_types)])
     return None
+
+
+def _level_end(parts: list[str], start: int, module_types: dict[str, str]) -> int:
+    """Where the head's level ends: after the first index below the head that picks one of
+    parallel branches (a ModuleList: RetinaFace's ClassHead.1, YOLO's Detect.m.2 and
+    Detect.cv2.0), never a step of a Sequential; without module types, an index that is
+    not the layer itself."""
+    for j in range(start, len(parts)):
+        if not parts[j].isdigit():
+            continue
+        container = module_types.get(".".join(parts[:j]))
+        if container == "ModuleList" or (container is None and j < len(parts) - 1):
+            return j + 1
+    return start
 
 
 def _family(name: str, module_types: dict[str, str]) -> str:
@@ -131,15 +146,21 @@ def _family(name: str, module_types: dict[str, str]) -> str:
 
 
 def _view_values(graph: GraphTrace | None) -> dict[str, int]:
-    """conv name -> K, for convs whose output is reshaped to (N, -1, K)."""
+    """conv name -> K, for convs whose output is reshaped to (N, -1, K), directly or after
+    views of their own (YOLOv5: view(N, anchors, K, H, W), permute, then view(N, -1, K))."""
     values: dict[str, int] = {}
     if graph is None:
         return values
     records = list(graph.records) + ([graph.failure] if graph.failure else [])
+    views = {f"<{r.op} {r.node}>": r for r in records if r.op in VIEW_OPS}
     for record in records:
         shape = record.view_shape
         if record.op in VIEW_OPS and shape and len(shape) == 3 and shape[1] == -1 and record.producers:
-            values.setdefault(record.producers[0], shape[2])
+            producer, seen = record.producers[0], set()
+            while producer in views and producer not in seen and views[producer].producers:
+                seen.add(producer)
+                producer = views[producer].producers[0]
+            values.setdefault(producer, shape[2])
     return values
 
 
