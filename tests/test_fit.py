@@ -764,3 +764,57 @@ def test_cli_bad_input_shape_exits_2_in_one_line(small_checkpoint: Path, run_cli
     assert result.code == 2, f"--input-shape {shape} accepted (exit {result.code})"
     line = _one_line_error(result.err)
     assert f"--input-shape {shape}" in line
+
+
+# -- tied weights in a plain module ---------------------------------------------------------
+
+
+class TiedLM(nn.Module):
+    """Two ties a plain module writes itself: the output layer shares the embedding's
+    weight (GPT-2), and two mixing layers share one weight (ALBERT's cross-layer sharing)."""
+
+    def __init__(self, vocab: int = 50, hidden: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.mix = nn.Linear(hidden, hidden)
+        self.mix_again = nn.Linear(hidden, hidden)
+        self.mix_again.weight = self.mix.weight
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(torch.relu(self.mix_again(torch.relu(self.mix(self.embed(ids))))))
+
+
+def _pruned_tied_lm(vocab: int, hidden: int) -> TiedLM:
+    """The dense model's first `vocab` tokens and first `hidden` features, ties kept."""
+    torch.manual_seed(0)
+    dense = TiedLM()
+    pruned = TiedLM(vocab, hidden)
+    with torch.no_grad():
+        pruned.embed.weight.copy_(dense.embed.weight[:vocab, :hidden])
+        pruned.mix.weight.copy_(dense.mix.weight[:hidden, :hidden])
+        pruned.mix.bias.copy_(dense.mix.bias[:hidden])
+        pruned.mix_again.bias.copy_(dense.mix_again.bias[:hidden])
+    return pruned.eval()
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "safetensors.save_model"])
+def test_load_pruned_shares_tied_weights_again(tmp_path: Path, writer: str) -> None:
+    from safetensors.torch import save_model
+
+    pruned = _pruned_tied_lm(vocab=40, hidden=12)
+    if writer == "torch.save":
+        path = tmp_path / "tied.pth"
+        torch.save(pruned.state_dict(), path)  # both names of each tie, one storage
+    else:
+        path = tmp_path / "tied.safetensors"
+        save_model(pruned, str(path))  # one name of each tie kept
+    rebuilt = load_pruned(path, TiedLM)
+    assert rebuilt.lm_head.weight is rebuilt.embed.weight
+    assert rebuilt.mix_again.weight is rebuilt.mix.weight
+    assert tuple(rebuilt.embed.weight.shape) == (40, 12) and rebuilt.lm_head.out_features == 40
+    assert rebuilt.mix.in_features == rebuilt.mix_again.out_features == 12
+    ids = torch.tensor([[0, 7, 39, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids), pruned(ids), rtol=0, atol=0)

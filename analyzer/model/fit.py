@@ -177,7 +177,6 @@ def resize_to(
     after), then set the attention heads and config fields forward reads. `config` (a
     config.json) settles, where it says so, which of heads and head_dim were pruned."""
     modules = dict(model.named_modules())
-    tied = tied_keys(model)
     dense_heads = attention.dense_heads(model)
     dense_config = _config_widths(model)
     dense_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -194,7 +193,6 @@ def resize_to(
             report.not_resizable.append(f"{owner_label(mismatches[0].key)} ({why})")
     if report.not_resizable:
         return
-    _retie(model, tied, shapes)
     hint = attention.config_heads(config)
     report.unfit_heads, fitted = attention.fit_heads(model, dense_heads, hint)
     for name, heads in fitted.items():
@@ -208,28 +206,6 @@ def resize_to(
 def tied_keys(model: nn.Module) -> dict[str, set[str]]:
     """State-dict keys that name one shared tensor (tied weights): key -> the others."""
     return {key: set(group) - {key} for group in tied_names(model) for key in group}
-
-
-def _retie(model: nn.Module, tied: Mapping[str, set[str]], stored: Mapping[str, tuple[int, ...]]) -> None:
-    """Resizing replaced tied parameters one by one: share them again (one tensor, loaded once),
-    the one the checkpoint stores (save_pretrained keeps the embedding, drops lm_head)."""
-    modules = dict(model.named_modules())
-    done: set[str] = set()
-    for key, others in tied.items():
-        if key in done:
-            continue
-        group = sorted({key, *others}, key=lambda k: k not in stored)  # a stored one first
-        done |= set(group)
-        owner, _, local = group[0].rpartition(".")
-        shared = modules[owner]._parameters.get(local) if owner in modules else None
-        if shared is None:
-            continue
-        for other in group[1:]:
-            module, _, name = other.rpartition(".")
-            target = modules.get(module)
-            if target is not None and target._parameters.get(name) is not None and target._parameters[name] is not shared:
-                target._parameters[name] = shared
-                _set_layer_attributes(target, {name: tuple(shared.shape)})  # lm_head follows its embedding
 
 
 def _tensor_names(module: nn.Module) -> list[str]:
