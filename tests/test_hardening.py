@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import io
 import json
+import mmap
 import os
 import pickle
 import pickletools
@@ -1289,3 +1290,62 @@ def test_records_of_a_zip64_archive_are_counted(tmp_path: Path) -> None:
         entries = len(archive.infolist())
         first = archive.infolist()[0].file_size
     assert count_records(path, Format.TORCH_ZIP) == entries + first // 16 == 70_001 + 100
+
+
+# -- the scan's opcode reader against pickletools.genops -----------------------------------
+
+
+class _Plain:
+    """A class pickled by reference (GLOBAL/STACK_GLOBAL, NEWOBJ, BUILD)."""
+
+    def __init__(self) -> None:
+        self.items = [1, -1, 255, 256, 65535, 65536, -(2**31), 2**31 - 1, 2**31, 2**64, -(2**70), 1.5, float("inf")]
+
+
+def _pickles() -> list[bytes]:
+    value = {
+        "text": "ascii", "unicode": "π – \U0001f600", "surrogate": "\udc80", "long": "x" * 300,
+        "bytes": b"\x00\xff" * 200, "short": b"ab", "bytearray": bytearray(b"xyz"), "none": None, "flags": (True, False),
+        "tuples": ((), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4)), "set": {1, 2}, "frozen": frozenset({3}),
+        "object": _Plain(), "shared": ["same"] * 3, "nested": [[[]]], "ints": list(range(-300, 300, 7)),
+    }
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(6.0).view(2, 3)}, buffer)
+    archive = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    data_pkl = next(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
+    return [pickle.dumps(value, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)] + [data_pkl]
+
+
+def _ops_read_by_the_scan(data: bytes, stream: Any) -> list[tuple[str, Any]]:
+    from analyzer.load.pickle_scan import _OPCODES, _walk
+
+    seen: list[tuple[str, Any]] = []
+    handlers = [(lambda info, arg: seen.append((info.name, arg))) if info else None for info, *_ in _OPCODES]
+    _walk(stream, handlers)
+    return seen
+
+
+@pytest.mark.parametrize("index", range(pickle.HIGHEST_PROTOCOL + 2))
+def test_the_scans_opcode_reader_reads_what_genops_reads(index: int, tmp_path: Path) -> None:
+    data = _pickles()[index]
+    expected = [(op.name, arg) for op, arg, _ in pickletools.genops(io.BytesIO(data))]
+    assert _ops_read_by_the_scan(data, io.BytesIO(data)) == expected
+    # From a mapped file, starting where an earlier pickle ended: the stream is left after STOP.
+    path = tmp_path / "two.pkl"
+    path.write_bytes(b"\x80\x02K\x07." + data + b"tail")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        mapped.seek(5)
+        assert _ops_read_by_the_scan(data, mapped) == expected
+        assert mapped.tell() == 5 + len(data)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 40])
+def test_a_pickle_cut_short_is_not_well_formed_for_the_scan_as_for_genops(cut: int) -> None:
+    from analyzer.load.pickle_scan import PickleScanError, scan_pickle
+
+    for data in _pickles():
+        short = data[: len(data) - cut]
+        with pytest.raises(ValueError):
+            list(pickletools.genops(io.BytesIO(short)))
+        with pytest.raises(PickleScanError):
+            scan_pickle(io.BytesIO(short))

@@ -15,7 +15,10 @@ from __future__ import annotations
 import _compat_pickle
 import copyreg
 import functools
+import io
+import mmap
 import pickletools
+import struct
 from collections.abc import Callable
 from typing import IO, NamedTuple
 
@@ -105,17 +108,123 @@ def scan_pickle(stream: IO[bytes], *, hands_back_classes: bool = False) -> dict[
     in the .tar format — so `BINPERSID` of such an id is `cls` itself.
     """
     walker = _Walker(hands_back_classes)
-    dispatch, generic = walker.dispatch, walker.generic
+    handlers = [walker.dispatch.get(info.name, walker.generic) if info else None for info, *_ in _OPCODES]
     try:
-        for opcode, arg, _pos in pickletools.genops(stream):
-            dispatch.get(opcode.name, generic)(opcode, arg)
+        _walk(stream, handlers)
     except PickleScanError:
         raise
-    except (ValueError, EOFError, IndexError, KeyError, UnicodeDecodeError) as e:
+    except (ValueError, EOFError, IndexError, KeyError, UnicodeDecodeError, struct.error) as e:
         raise PickleScanError(str(e) or type(e).__name__) from e
     finally:
-        dispatch.clear()  # its bound methods hold the walker: no cycle left for the collector
+        walker.dispatch.clear()  # its bound methods hold the walker: no cycle left for the collector
+        handlers.clear()
     return walker.uses
+
+
+# -- the opcodes, read from the bytes (pickletools' readers are the reference) -----------------
+
+#: How an opcode's argument is laid out: none, fixed-size, length-prefixed, or a text line.
+_NO_ARG, _FIXED, _SIZED, _LINES = range(4)
+_STRUCTS = {
+    "uint1": struct.Struct("<B"), "uint2": struct.Struct("<H"), "int4": struct.Struct("<i"),
+    "uint4": struct.Struct("<I"), "uint8": struct.Struct("<Q"), "float8": struct.Struct(">d"),  # BINFLOAT is big-endian
+}
+#: Length-prefixed arguments: the length's layout, and how the bytes become the value.
+_SIZED_ARGS: dict[str, tuple[str, Callable[[bytes], object]]] = {
+    "string1": ("uint1", lambda b: b.decode("latin-1")),
+    "string4": ("int4", lambda b: b.decode("latin-1")),
+    "bytes1": ("uint1", bytes),
+    "bytes4": ("uint4", bytes),
+    "bytes8": ("uint8", bytes),
+    "bytearray8": ("uint8", bytearray),
+    "unicodestring1": ("uint1", lambda b: str(b, "utf-8", "surrogatepass")),
+    "unicodestring4": ("uint4", lambda b: str(b, "utf-8", "surrogatepass")),
+    "unicodestring8": ("uint8", lambda b: str(b, "utf-8", "surrogatepass")),
+    "long1": ("uint1", pickletools.decode_long),
+    "long4": ("int4", pickletools.decode_long),
+}
+_STOP = ord(".")
+
+
+def _opcode_table() -> list[tuple[pickletools.OpcodeInfo | None, int, int, object, object]]:
+    """Per opcode byte: (info, layout, size of the fixed part, its struct, decoder or reader)."""
+    table: list[tuple[pickletools.OpcodeInfo | None, int, int, object, object]] = [(None, _NO_ARG, 0, None, None)] * 256
+    for info in pickletools.opcodes:
+        arg = info.arg
+        if arg is None:
+            entry = (info, _NO_ARG, 0, None, None)
+        elif arg.name in _STRUCTS:
+            entry = (info, _FIXED, arg.n, _STRUCTS[arg.name], None)
+        elif arg.name in _SIZED_ARGS:
+            length, decode = _SIZED_ARGS[arg.name]
+            entry = (info, _SIZED, _STRUCTS[length].size, _STRUCTS[length], decode)
+        else:  # newline-terminated text (protocol 0): pickletools' own reader
+            entry = (info, _LINES, 2 if arg.name == "stringnl_noescape_pair" else 1, None, arg.reader)
+        table[ord(info.code)] = entry
+    return table
+
+
+_OPCODES = _opcode_table()
+
+
+def _walk(stream: IO[bytes], handlers: list[Callable[[pickletools.OpcodeInfo, object], None]]) -> None:
+    """Hand every opcode of the pickle at the stream's position, with its argument decoded as
+    pickletools.genops decodes it, to its handler; leave the stream after STOP. One loop over
+    the bytes: genops' per-opcode reads were most of the scan of a large state dict."""
+    start = stream.tell()
+    buf, at = _readable(stream, start)
+    end = len(buf)
+    offset = start - at
+    while True:
+        if at >= end:
+            raise ValueError("pickle exhausted before seeing STOP")
+        code = buf[at]
+        info, layout, size, unpack, decode = _OPCODES[code]
+        if info is None:
+            raise ValueError(f"at position {at + offset}, opcode {bytes([code])!r} unknown")
+        at += 1
+        if layout == _NO_ARG:
+            arg = None
+        elif layout == _FIXED:
+            if at + size > end:
+                raise ValueError(f"{info.name} at position {at - 1 + offset}: its argument is cut off")
+            arg = unpack.unpack_from(buf, at)[0]  # type: ignore[attr-defined]
+            at += size
+        elif layout == _SIZED:
+            if at + size > end:
+                raise ValueError(f"{info.name} at position {at - 1 + offset}: its length is cut off")
+            length = unpack.unpack_from(buf, at)[0]  # type: ignore[attr-defined]
+            at += size
+            if length < 0 or at + length > end:
+                raise ValueError(f"{info.name} at position {at - 1 - size + offset}: {length} bytes claimed, {end - at} remain")
+            arg = decode(buf[at : at + length])  # type: ignore[operator]
+            at += length
+        else:
+            arg, at = _text_argument(buf, at, size, decode)  # type: ignore[arg-type]
+        handlers[code](info, arg)
+        if code == _STOP:
+            stream.seek(at + offset)
+            return
+
+
+def _readable(stream: IO[bytes], start: int) -> tuple[bytes | mmap.mmap, int]:
+    """The bytes from `start` on, and where `start` is in them: a mapped file as it is (never
+    copied: a legacy file's pickles come before gigabytes of storages), other streams read."""
+    if isinstance(stream, mmap.mmap):
+        return stream, start
+    if isinstance(stream, io.BytesIO):
+        return stream.getvalue(), start
+    return stream.read(), 0
+
+
+def _text_argument(buf: bytes | mmap.mmap, at: int, lines: int, reader: Callable[[IO[bytes]], object]) -> tuple[object, int]:
+    """A protocol-0 argument (one or two newline-terminated lines), read by pickletools."""
+    stop = at
+    for _ in range(lines):
+        newline = buf.find(b"\n", stop)
+        stop = len(buf) if newline < 0 else newline + 1
+    text = io.BytesIO(buf[at:stop])
+    return reader(text), at + text.tell()
 
 
 def scan_globals(stream: IO[bytes]) -> list[GlobalRef]:
@@ -180,12 +289,13 @@ _DATA_TUPLE = _Tuple(())
 def _tuple(items: tuple[object, ...]) -> _Tuple:
     holds_globals = holds_origins = False
     for item in items:
-        if isinstance(item, _Global):
+        kind = type(item)  # the simulated values are final classes: identity, not isinstance
+        if kind is _Global:
             holds_globals = holds_origins = True
-        elif isinstance(item, _Tuple):
-            holds_globals = holds_globals or item.holds_globals
-            holds_origins = holds_origins or item.holds_origins
-        elif isinstance(item, _Instance) or (isinstance(item, _Derived) and item.origins):
+        elif kind is _Tuple:
+            holds_globals = holds_globals or item.holds_globals  # type: ignore[attr-defined]
+            holds_origins = holds_origins or item.holds_origins  # type: ignore[attr-defined]
+        elif kind is _Instance or (kind is _Derived and item.origins):  # type: ignore[attr-defined]
             holds_origins = True
     if holds_globals or holds_origins:
         return _Tuple(items, holds_globals, holds_origins)
@@ -239,6 +349,9 @@ class _Walker:
         self.dispatch.update(dict.fromkeys(_TUPLE_SIZES, self.small_tuple))
         self.dispatch.update(dict.fromkeys(_FILL_OPS, self.fill_one))
         self.dispatch.update(dict.fromkeys(_FILL_MARK_OPS, self.fill_many))
+        for info in pickletools.opcodes:
+            if info.name not in self.dispatch and not info.stack_before and len(info.stack_after) == 1:
+                self.dispatch[info.name] = self.push_value
 
     # -- bookkeeping ----------------------------------------------------------------------
     def see(self, module: str, name: str) -> GlobalRef:
@@ -293,18 +406,18 @@ class _Walker:
         pending, seen, found = [value], set(), set()
         while pending:
             item = pending.pop()
-            if id(item) in seen:
-                continue
-            seen.add(id(item))
-            if isinstance(item, _Global):
-                self.use(item.ref, _REFERENCED)
-                found.add(item.ref)
-            elif isinstance(item, _Tuple) and (item.holds_globals or (collect and item.holds_origins)):
-                pending.extend(item.items)
-            elif collect and isinstance(item, _Instance):
-                found.add(item.ref)
-            elif collect and isinstance(item, _Derived):
-                found.update(item.origins)
+            kind = type(item)
+            if kind is _Global:
+                self.use(item.ref, _REFERENCED)  # type: ignore[attr-defined]
+                found.add(item.ref)  # type: ignore[attr-defined]
+            elif kind is _Tuple:
+                if (item.holds_globals or (collect and item.holds_origins)) and id(item) not in seen:  # type: ignore[attr-defined]
+                    seen.add(id(item))
+                    pending.extend(item.items)  # type: ignore[attr-defined]
+            elif collect and kind is _Instance:
+                found.add(item.ref)  # type: ignore[attr-defined]
+            elif collect and kind is _Derived:
+                found.update(item.origins)  # type: ignore[attr-defined]
         return frozenset(found) if collect else frozenset()
 
     def call(self, value: object) -> frozenset[GlobalRef]:
@@ -336,8 +449,15 @@ class _Walker:
         self.stack.append(_global(ref))
 
     def small_tuple(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
-        items = [self.pop() for _ in range(_TUPLE_SIZES[opcode.name])]
-        self.stack.append(_tuple(tuple(reversed(items))))
+        size, stack = _TUPLE_SIZES[opcode.name], self.stack
+        if len(stack) - size < (self.marks[-1] if self.marks else 0):
+            raise PickleScanError("stack underflow")
+        if size:
+            items = tuple(stack[-size:])
+            del stack[-size:]
+            stack.append(_tuple(items))
+        else:
+            stack.append(_EMPTY_TUPLE)
 
     def fill_one(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         items = [self.pop() for _ in range(_FILL_OPS[opcode.name])]
@@ -346,6 +466,10 @@ class _Walker:
     def fill_many(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         items = self.pop_mark(opcode.name)
         self.fill(self.top(), items)
+
+    def push_value(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        """An opcode that takes nothing and pushes a plain value (an int, a float, a bool)."""
+        self.stack.append(_UNKNOWN)
 
     def generic(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         """Opcodes that build plain values: whatever they take is kept as a value."""
