@@ -346,12 +346,7 @@ def _scan_zip_pickle(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
                 )
             if pickles[0].file_size > path.stat().st_size:
                 raise InputError(f"{path}: data.pkl claims {pickles[0].file_size} bytes, more than the file holds")
-            for info in infos:
-                # Opening an entry compares its local header with the central directory: a
-                # crafted archive can show one reader one entry and another reader another.
-                with archive.open(info):
-                    pass
-            _check_crcs(path, archive, infos)
+            _check_entries(path, archive, infos)
             data = archive.read(pickles[0])
     except ZIP_ERRORS as e:
         raise InputError(f"{path}: a damaged or inconsistent zip archive ({e})") from e
@@ -360,13 +355,15 @@ def _scan_zip_pickle(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
     return list(uses)
 
 
-def _check_crcs(path: Path, archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
-    """Every entry's CRC-32, which torch never checks: damaged tensor data is said, not analysed.
-    Stored entries are checked straight from the mapped file (no copy); others through zipfile."""
+def _check_entries(path: Path, archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    """Every entry opened as zipfile opens it — its local header compared with the central
+    directory: a crafted archive can show one reader one entry and another reader another —
+    and its CRC-32, which torch never checks: damaged tensor data is said, not analysed.
+    Stored entries are read straight from the mapped file (no copy); others through zipfile."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
         for info in infos:
             if info.compress_type == zipfile.ZIP_STORED:
-                start = _entry_data_offset(data, info)
+                start = _opened_entry_start(data, info)
                 end = start + info.compress_size
                 if end > len(data):
                     raise InputError(f"{path}: zip entry {info.filename} claims {info.compress_size} bytes, more than the file holds")
@@ -385,12 +382,28 @@ def _check_crcs(path: Path, archive: zipfile.ZipFile, infos: list[zipfile.ZipInf
                 )
 
 
-def _entry_data_offset(data: mmap.mmap, info: zipfile.ZipInfo) -> int:
+def _opened_entry_start(data: mmap.mmap, info: zipfile.ZipInfo) -> int:
+    """Where a stored entry's bytes start, after the checks ZipFile.open makes (the same
+    refusals, in the same words): one read of the local header instead of an open per entry."""
     header = data[info.header_offset : info.header_offset + 30]
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    if len(header) != 30:
+        raise zipfile.BadZipFile("Truncated file header")
+    if header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile("Bad magic number for file header")
+    local_flags, = struct.unpack_from("<H", header, 6)
     name_len, extra_len = struct.unpack_from("<HH", header, 26)
-    return info.header_offset + 30 + name_len + extra_len
+    name_at = info.header_offset + 30
+    if info.flag_bits & 0x20:
+        raise NotImplementedError("compressed patched data (flag bit 5)")
+    if info.flag_bits & 0x40:
+        raise NotImplementedError("strong encryption (flag bit 6)")
+    raw_name = data[name_at : name_at + name_len]
+    name = raw_name.decode("utf-8" if local_flags & 0x800 else "cp437")
+    if name != info.orig_filename:
+        raise zipfile.BadZipFile(f"File name in directory {info.orig_filename!r} and header {raw_name!r} differ.")
+    if info.flag_bits & 0x1:
+        raise RuntimeError(f"File {info.filename!r} is encrypted, password required for extraction")
+    return name_at + name_len + extra_len
 
 
 def _scan_legacy_pickles(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
