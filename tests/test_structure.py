@@ -593,3 +593,32 @@ def test_a_dense_head_found_by_its_type_reports_nothing(tmp_path: Path) -> None:
     report = api.analyze(tmp_path / "dense.pth", allow_modules=("tests",), input_shape=(1, 3, 32, 32))
     assert report.findings == [] or "head-shape-mismatch" not in _kinds(report)
     assert report.failures == []
+
+
+class OneLevelYolo(nn.Module):
+    """A one-level detector whose head, typed Detect, sits at the top as `out` with its conv
+    directly inside (out.conv): found by type at the first level of the module tree."""
+
+    def __init__(self, outputs: int = 21) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.out = Detect(channels=(8,))
+        del self.out.m
+        self.out.conv = nn.Conv2d(8, outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out.conv(self.stem(x))
+
+
+def test_a_head_found_by_its_type_at_the_top_of_the_model_is_checked(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(OneLevelYolo().eval().state_dict(), tmp_path / "dense.pth")
+    torch.save(OneLevelYolo(outputs=14).eval(), tmp_path / "pruned.pth")
+    report = api.analyze(tmp_path / "pruned.pth", allow_modules=("tests",), input_shape=(1, 3, 32, 32), baseline=tmp_path / "dense.pth")
+    finding = _one(report, "head-shape-mismatch")
+    assert finding.evidence["heads"] == {
+        "out.conv": {
+            "out_channels": 14, "values_per_anchor": None, "anchors_per_location": None,
+            "expected_anchors": 3, "reference_out_channels": 21,  # Detect's num_anchors
+        }
+    }
