@@ -53,10 +53,8 @@ def _zeroed_per_layer(ctx: PassContext) -> dict[str, _Silenced]:
     for layer in ctx.layers:
         pattern = ctx.pattern(layer)
         if isinstance(pattern, WeightPattern) and pattern.zero_out_channels and len(pattern.zero_out_channels) < pattern.out_channels:
-            bn = _batchnorm_after(layer, layers)
-            bn_pattern = ctx.pattern(bn) if bn else None
-            by_bn = set(bn_pattern.dead + bn_pattern.constant) if isinstance(bn_pattern, BatchNormPattern) else set()
-            per_layer[layer.name] = _Silenced(frozenset(pattern.zero_out_channels), frozenset(by_bn))
+            per_layer[layer.name] = _Silenced(frozenset(pattern.zero_out_channels), frozenset())
+    # A BatchNorm that zeroes channels silences them for the layer before it (one lookup: its producer).
     for layer in ctx.layers:
         pattern = ctx.pattern(layer)
         if isinstance(pattern, BatchNormPattern) and (pattern.dead or pattern.constant):
@@ -65,11 +63,6 @@ def _zeroed_per_layer(ctx: PassContext) -> dict[str, _Silenced]:
             previous = per_layer.get(key, _Silenced(frozenset(), frozenset()))
             per_layer[key] = _Silenced(previous.filters, previous.by_batchnorm | frozenset(pattern.dead + pattern.constant))
     return per_layer
-
-
-def _batchnorm_after(layer: Layer, layers: dict[str, Layer]) -> Layer | None:
-    width = layer.out_width()
-    return adjacent(layer.name, True, layers, lambda c: c.is_batchnorm and bool(c.shape) and c.shape[0] == width)  # type: ignore[index]
 
 
 def _producer_before(bn: Layer, layers: dict[str, Layer]) -> Layer | None:
