@@ -622,3 +622,25 @@ def test_a_head_found_by_its_type_at_the_top_of_the_model_is_checked(tmp_path: P
             "expected_anchors": 3, "reference_out_channels": 21,  # Detect's num_anchors
         }
     }
+
+
+def _rpn_state(deltas: int) -> dict[str, torch.Tensor]:
+    """Detectron2's names for a region-proposal head two levels down, as a bare state dict
+    (no module types): 3 anchors, an objectness logit and 4 box deltas each."""
+    torch.manual_seed(0)
+    state = {"backbone.stem.conv1.weight": torch.randn(8, 3, 3, 3)}
+    for name, outputs in (("conv", 8), ("objectness_logits", 3), ("anchor_deltas", deltas)):
+        kernel = 3 if name == "conv" else 1
+        state[f"proposal_generator.rpn_head.{name}.weight"] = torch.randn(outputs, 8, kernel, kernel)
+        state[f"proposal_generator.rpn_head.{name}.bias"] = torch.randn(outputs)
+    return state
+
+
+def test_a_head_named_below_the_top_of_a_state_dict_is_checked_against_the_reference(tmp_path: Path) -> None:
+    torch.save(_rpn_state(deltas=12), tmp_path / "dense.pth")
+    torch.save(_rpn_state(deltas=10), tmp_path / "pruned.pth")
+    report = api.analyze(tmp_path / "pruned.pth", baseline=tmp_path / "dense.pth")
+    finding = _one(report, "head-shape-mismatch")
+    assert list(finding.evidence["heads"]) == ["proposal_generator.rpn_head.anchor_deltas"]  # the head's last conv
+    assert finding.evidence["heads"]["proposal_generator.rpn_head.anchor_deltas"]["out_channels"] == 10
+    assert finding.evidence["heads"]["proposal_generator.rpn_head.anchor_deltas"]["reference_out_channels"] == 12
