@@ -13,6 +13,7 @@ patterns goes through.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -30,6 +31,7 @@ TRANSPOSED_LINEAR = "Conv1D"
 _LINEAR_TYPES = frozenset({"Linear", "LazyLinear", "NonDynamicallyQuantizableLinear", TRANSPOSED_LINEAR})
 
 
+@functools.lru_cache(maxsize=1024)
 def weight_axes(type_name: str, rank: int = 2) -> tuple[int, int]:
     """(output axis, input axis) of a layer's stored weight of `rank` dimensions, from its type name."""
     if (type_name == TRANSPOSED_LINEAR and rank == 2) or type_name.startswith("ConvTranspose"):
@@ -58,13 +60,11 @@ class Layer:
 
     @property
     def is_conv(self) -> bool:
-        return "Conv" in self.type and not self.is_linear
+        return _kind(self.type, len(self.shape) if self.shape is not None else None)[0]
 
     @property
     def is_linear(self) -> bool:
-        if self.type == TRANSPOSED_LINEAR and self.shape is not None and len(self.shape) != 2:
-            return False  # a class of that name with a conv kernel is a convolution
-        return self.type in _LINEAR_TYPES
+        return _kind(self.type, len(self.shape) if self.shape is not None else None)[1]
 
     @property
     def is_batchnorm(self) -> bool:
@@ -93,6 +93,15 @@ class Layer:
     def oriented(self, tensor: torch.Tensor) -> torch.Tensor:
         """The weight viewed (out, in, *kernel), whatever its storage order."""
         return tensor.transpose(0, 1) if tensor.dim() > 1 and self.out_axis == 1 else tensor
+
+
+@functools.lru_cache(maxsize=1024)
+def _kind(type_name: str, rank: int | None) -> tuple[bool, bool]:
+    """(is a convolution, is a linear layer) for a layer type and weight rank: asked of every
+    layer by every pass, answered once per kind (a large checkpoint has a few kinds)."""
+    # A class named Conv1D with a conv kernel is a convolution, not transformers' linear.
+    linear = type_name in _LINEAR_TYPES and not (type_name == TRANSPOSED_LINEAR and rank is not None and rank != 2)
+    return "Conv" in type_name and not linear, linear
 
 
 def neighbour_names(name: str, forward: bool) -> list[str]:
