@@ -92,33 +92,61 @@ def find_heads(
 
 
 def _head_convs(layers: list[Layer], module_types: dict[str, str], graph: GraphTrace | None) -> list[str]:
-    """Convs inside modules named or typed like heads, last conv of each; plus convs reshaped to (N, -1, K)."""
+    """Convs inside modules named or typed like heads, the last conv of each head's level;
+    plus convs reshaped to (N, -1, K)."""
     head_modules = {name for name, kind in module_types.items() if _HEAD_NAME.search(kind)}
-    last_in_module: dict[str, str] = {}
-    for layer in layers:
-        if not layer.is_conv:
-            continue
-        owner = _head_owner(layer.name, head_modules, module_types)
-        if owner is not None:
-            last_in_module[owner] = layer.name
-    found = dict.fromkeys(last_in_module.values())
-    convs = {layer.name for layer in layers if layer.is_conv}
+    convs = [layer for layer in layers if layer.is_conv]
+    owned = {layer.name: o for layer in convs if (o := _head_owner(layer.name, head_modules, module_types))}
+    levels: dict[str, list[Layer]] = {}
+    for layer in convs:
+        if layer.name in owned:
+            levels.setdefault(owned[layer.name][1], []).append(layer)
+    parallel = _parallel_levels(levels)
+    last_of: dict[str, str] = {}
+    for layer in convs:
+        if layer.name in owned:
+            head, level = owned[layer.name]
+            last_of[level if level in parallel else head] = layer.name
+    found = dict.fromkeys(last_of.values())
+    names = {layer.name for layer in convs}
     for producer in _view_values(graph):
-        if producer in convs:  # not the model's input or an op of its own
+        if producer in names:  # not the model's input or an op of its own
             found.setdefault(producer)
     return list(found)
 
 
-def _head_owner(name: str, head_modules: set[str], module_types: dict[str, str]) -> str | None:
-    """The head (a module typed or named like one) that holds the layer `name`, one owner per
-    pyramid level, so that every level's last conv is a head conv."""
+def _parallel_levels(levels: dict[str, list[Layer]]) -> set[str]:
+    """The levels that are parallel branches (one per pyramid level: RetinaFace's ClassHead.N,
+    YOLO's Detect.m.N), not the steps of a tower a head stacks in a list (mmdetection's
+    cls_convs.N, each feeding the next): two or more entries of one list, none of which
+    gives its width to the next."""
+    lists: dict[str, list[str]] = {}
+    for level in levels:
+        parent, _, index = level.rpartition(".")
+        if index.isdigit():
+            lists.setdefault(parent, []).append(level)
+    parallel: set[str] = set()
+    for entries in lists.values():
+        entries.sort(key=lambda level: int(level.rpartition(".")[2]))
+        feeds = any(
+            levels[this][-1].out_width() == levels[following][0].in_width()
+            for this, following in zip(entries, entries[1:])
+        )
+        if len(entries) > 1 and not feeds:
+            parallel.update(entries)
+    return parallel
+
+
+def _head_owner(name: str, head_modules: set[str], module_types: dict[str, str]) -> tuple[str, str] | None:
+    """The head (a module typed or named like one) that holds the layer `name`, and the
+    pyramid level of it that does, so that every level's last conv is a head conv."""
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
         if ".".join(parts[:i]) in head_modules:
-            return ".".join(parts[: _level_end(parts, i, module_types)])
+            return ".".join(parts[:i]), ".".join(parts[: _level_end(parts, i, module_types)])
     for i, part in enumerate(parts[:-1]):
         if _HEAD_NAME.search(part):
-            return ".".join(parts[: _level_end(parts, i + 1, module_types)])
+            return ".".join(parts[: i + 1]), ".".join(parts[: _level_end(parts, i + 1, module_types)])
     return None
 
 
