@@ -565,3 +565,19 @@ def test_shapes_no_config_can_give_are_said_so(tmp_path: Path) -> None:
     assert "forward-failure" in {f.kind for f in report.findings}
     # rebuilt to the file's shapes it still fails: that, not the load, is what the verdict leads with
     assert report.verdict.startswith("The model fails on the inputs input_ids")
+
+
+def test_a_folder_missing_a_layers_tensors_is_a_different_architecture(dense_folders: dict[str, Path], tmp_path: Path) -> None:
+    """config.json describes every tensor that is there, but one MLP's tensors are gone (a
+    layer dropped from the file by hand): from_pretrained would leave them random."""
+    folder = tmp_path / "llama"
+    shutil.copytree(dense_folders["llama"], folder)
+    state = load_file(folder / "model.safetensors")
+    dropped = sorted(k for k in state if k.startswith("model.layers.1.mlp."))
+    assert len(dropped) == 3  # gate, up and down projections
+    save_file({k: v for k, v in state.items() if k not in dropped}, folder / "model.safetensors", metadata={"format": "pt"})
+    report = analyze(folder)
+    [finding] = [f for f in report.findings if f.kind == "state-dict-mismatch"]
+    assert finding.severity.value == "error"
+    assert "3 keys missing" in finding.message and "different architecture" in finding.message
+    assert sorted(finding.modules) == sorted(k.removesuffix(".weight") for k in dropped)
