@@ -671,3 +671,46 @@ def test_the_towers_of_a_head_are_not_its_outputs(tmp_path: Path) -> None:
     broken = _one(api.analyze(tmp_path / "output-pruned.pth", baseline=tmp_path / "dense.pth"), "head-shape-mismatch")
     assert list(broken.evidence["heads"]) == ["bbox_head.retina_reg"]  # the head's last conv, no tower step
     assert broken.evidence["heads"]["bbox_head.retina_reg"]["reference_out_channels"] == 36
+
+
+class YoloxHead(nn.Module):
+    """YOLOX's decoupled head: per level a stem, then class and box predictions, each kind in
+    its own ModuleList. Every level has the FPN's width, so the stems' widths chain as a
+    tower's would; the prediction lists are the outputs."""
+
+    def __init__(self, width: int = 16, classes: int = 2, boxes: int = 4, levels: int = 3) -> None:
+        super().__init__()
+        self.stems = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(levels))
+        self.cls_preds = nn.ModuleList(nn.Conv2d(width, classes, 1) for _ in range(levels))
+        self.reg_preds = nn.ModuleList(nn.Conv2d(width, boxes, 1) for _ in range(levels))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = []
+        for stem, cls, reg, x in zip(self.stems, self.cls_preds, self.reg_preds, features):
+            x = stem(x)
+            outputs.append(torch.cat([reg(x), cls(x)], 1).flatten(2))
+        return outputs
+
+
+class TinyYolox(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fpn = nn.ModuleList(nn.Conv2d(3, 16, 3, 2 ** (i + 1), 1) for i in range(3))
+        self.head = YoloxHead()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.head([conv(x) for conv in self.fpn])
+
+
+def test_prediction_lists_beside_a_chain_of_stems_are_each_checked(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(TinyYolox().eval().state_dict(), tmp_path / "dense.pth")
+    pruned = TinyYolox().eval()
+    pruned.head.cls_preds[1] = nn.Conv2d(16, 1, 1)  # one level's class outputs cut
+    torch.save(pruned, tmp_path / "pruned.pth")
+    report = api.analyze(tmp_path / "pruned.pth", allow_modules=("tests",), input_shape=(1, 3, 32, 32), baseline=tmp_path / "dense.pth")
+    finding = _one(report, "head-shape-mismatch")
+    levels = [f"head.{kind}.{level}" for level in range(3) for kind in ("cls_preds", "reg_preds")]
+    assert sorted(finding.evidence["heads"]) == sorted(levels)  # every prediction, no stem
+    assert finding.evidence["heads"]["head.cls_preds.1"]["out_channels"] == 1
+    assert finding.evidence["heads"]["head.cls_preds.1"]["reference_out_channels"] == 2

@@ -102,12 +102,15 @@ def _head_convs(layers: list[Layer], module_types: dict[str, str], graph: GraphT
         if layer.name in owned:
             levels.setdefault(owned[layer.name][1], []).append(layer)
     parallel = _parallel_levels(levels)
-    last_of: dict[str, str] = {}
+    last_of: dict[str, str] = {}  # the head's last conv, and each parallel level's
     for layer in convs:
         if layer.name in owned:
             head, level = owned[layer.name]
-            last_of[level if level in parallel else head] = layer.name
-    found = dict.fromkeys(last_of.values())
+            last_of[head] = layer.name
+            if level in parallel:
+                last_of[level] = layer.name
+    outputs = set(last_of.values())
+    found = dict.fromkeys(layer.name for layer in convs if layer.name in outputs)
     names = {layer.name for layer in convs}
     for producer in _view_values(graph):
         if producer in names:  # not the model's input or an op of its own
