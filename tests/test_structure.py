@@ -646,7 +646,7 @@ def test_a_head_named_below_the_top_of_a_state_dict_is_checked_against_the_refer
     assert finding.evidence["heads"]["proposal_generator.rpn_head.anchor_deltas"]["reference_out_channels"] == 12
 
 
-def _retina_head_state(tower: int, boxes_out: int = 36) -> dict[str, torch.Tensor]:
+def _retina_head_state(tower: int, boxes_out: int = 36, steps: int = 4) -> dict[str, torch.Tensor]:
     """mmdetection's RetinaHead names, as a bare state dict: two towers of stacked convs in
     ModuleLists (cls_convs.N, reg_convs.N), then the outputs retina_cls (9 anchors × 2
     classes) and retina_reg (9 × 4)."""
@@ -654,7 +654,7 @@ def _retina_head_state(tower: int, boxes_out: int = 36) -> dict[str, torch.Tenso
     state = {"backbone.conv1.weight": torch.randn(16, 3, 3, 3)}
     for stack in ("cls_convs", "reg_convs"):
         width = 16
-        for step in range(3):
+        for step in range(steps):
             state[f"bbox_head.{stack}.{step}.conv.weight"] = torch.randn(tower, width, 3, 3)
             width = tower
     state["bbox_head.retina_cls.weight"] = torch.randn(18, tower, 3, 3)
@@ -662,10 +662,11 @@ def _retina_head_state(tower: int, boxes_out: int = 36) -> dict[str, torch.Tenso
     return state
 
 
-def test_the_towers_of_a_head_are_not_its_outputs(tmp_path: Path) -> None:
-    torch.save(_retina_head_state(tower=16), tmp_path / "dense.pth")
-    torch.save(_retina_head_state(tower=12), tmp_path / "towers-pruned.pth")
-    torch.save(_retina_head_state(tower=12, boxes_out=30), tmp_path / "output-pruned.pth")
+@pytest.mark.parametrize("steps", [2, 4])  # mmdetection's stacked_convs: 4 by default
+def test_the_towers_of_a_head_are_not_its_outputs(tmp_path: Path, steps: int) -> None:
+    torch.save(_retina_head_state(tower=16, steps=steps), tmp_path / "dense.pth")
+    torch.save(_retina_head_state(tower=12, steps=steps), tmp_path / "towers-pruned.pth")
+    torch.save(_retina_head_state(tower=12, boxes_out=30, steps=steps), tmp_path / "output-pruned.pth")
     towers = api.analyze(tmp_path / "towers-pruned.pth", baseline=tmp_path / "dense.pth")
     assert "head-shape-mismatch" not in _kinds(towers)  # narrower towers are correct pruning
     broken = _one(api.analyze(tmp_path / "output-pruned.pth", baseline=tmp_path / "dense.pth"), "head-shape-mismatch")
