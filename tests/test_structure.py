@@ -554,18 +554,19 @@ class TinyYolo(nn.Module):
     """Layers in one list as YOLOv5's `model.model`: no module on the head's path is named
     like a head, so only its type says what it is (model.3.m.0 … model.3.m.2)."""
 
-    def __init__(self) -> None:
+    def __init__(self, levels: int = 3) -> None:
         super().__init__()
+        widths = (3, 8, 16, 32)[: levels + 1]
         self.model = nn.ModuleList([
-            nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 16, 3, 2, 1), nn.Conv2d(16, 32, 3, 2, 1), Detect(),
+            *(nn.Conv2d(a, b, 3, 2, 1) for a, b in zip(widths, widths[1:])), Detect(channels=widths[1:]),
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = []
-        for layer in self.model[:3]:
+        for layer in self.model[:-1]:
             x = layer(x)
             features.append(x)
-        return self.model[3](features)
+        return self.model[-1](features)
 
 
 YOLO_LEVELS = ["model.3.m.0", "model.3.m.1", "model.3.m.2"]
@@ -585,6 +586,16 @@ def test_every_level_of_a_head_found_by_its_type_is_checked(tmp_path: Path) -> N
     assert finding.evidence["heads"]["model.3.m.1"]["reference_out_channels"] == 21
     assert "model.3.m.1" in finding.message and "14" in finding.message
     assert all(finding.evidence["heads"][level]["out_channels"] == 21 for level in ("model.3.m.0", "model.3.m.2"))
+
+
+def test_a_head_of_two_levels_found_by_its_type_is_checked_at_both(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(TinyYolo(levels=2).eval().state_dict(), tmp_path / "dense.pth")
+    pruned = TinyYolo(levels=2).eval()
+    pruned.model[2].m[0] = nn.Conv2d(8, 14, 1)
+    torch.save(pruned, tmp_path / "pruned.pth")
+    report = api.analyze(tmp_path / "pruned.pth", allow_modules=("tests",), input_shape=(1, 3, 32, 32), baseline=tmp_path / "dense.pth")
+    assert list(_one(report, "head-shape-mismatch").evidence["heads"]) == ["model.2.m.0", "model.2.m.1"]
 
 
 def test_a_dense_head_found_by_its_type_reports_nothing(tmp_path: Path) -> None:
@@ -662,7 +673,7 @@ def _retina_head_state(tower: int, boxes_out: int = 36, steps: int = 4) -> dict[
     return state
 
 
-@pytest.mark.parametrize("steps", [2, 4])  # mmdetection's stacked_convs: 4 by default
+@pytest.mark.parametrize("steps", [1, 2, 4])  # mmdetection's stacked_convs: 4 by default
 def test_the_towers_of_a_head_are_not_its_outputs(tmp_path: Path, steps: int) -> None:
     torch.save(_retina_head_state(tower=16, steps=steps), tmp_path / "dense.pth")
     torch.save(_retina_head_state(tower=12, steps=steps), tmp_path / "towers-pruned.pth")
