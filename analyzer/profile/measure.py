@@ -295,8 +295,8 @@ def _tiny_input(model: nn.Module, example: ExampleInput) -> ExampleInput | None:
         tiny = example_from(torch.randn(shape, device=single.device, dtype=single.dtype))
         try:
             tiny.call(model)
-        except Exception:  # too small for this architecture: try the next size
-            continue
+        except (RuntimeError, ValueError, AssertionError, IndexError):
+            continue  # what an input too small for the architecture raises: the next size is tried
         return tiny
     return None
 
