@@ -46,7 +46,6 @@ from .result import (
     LAYERS,
     Environment,
     Flag,
-    FlopStats,
     LatencyStats,
     LayerCheck,
     LayerProfile,
