@@ -9,7 +9,7 @@ rebuilds the same tensors from that description, without unpickling anything: th
 common checkpoint (a state dict or a training dict) is read once, not twice.
 
 Anything else (module trees, placeholders, legacy or plain pickles, tensors a reader
-copied into memory) is not described, and the parent loads the file again: the child
+copied into memory, a big-endian archive whose storages torch swapped in memory) is not described, and the parent loads the file again: the child
 has shown that this load stays within its limits.
 """
 
@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .checkpoint import Checkpoint, DictTensorStore
 from .extract import find_masks
+from .plain import stored_little_endian
 
 __all__ = ["describe_checkpoint", "rebuild_checkpoint"]
 
@@ -46,7 +47,7 @@ def describe_checkpoint(checkpoint: Checkpoint) -> dict[str, Any] | None:
         return None
     if checkpoint.globals or checkpoint.refused is not None or checkpoint.config is not None:
         return None
-    if not isinstance(checkpoint.tensors, DictTensorStore):
+    if not isinstance(checkpoint.tensors, DictTensorStore) or not stored_little_endian(checkpoint.path):
         return None
     mappings = _file_mappings(checkpoint.path)
     if not mappings:

@@ -20,9 +20,10 @@ import mmap
 import pickletools
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import IO, NamedTuple
 
-__all__ = ["GlobalRef", "GlobalUse", "scan_pickle", "scan_globals", "PickleScanError", "DYNAMIC", "normalize"]
+__all__ = ["GlobalRef", "GlobalUse", "PickleShape", "scan_pickle", "scan_globals", "PickleScanError", "DYNAMIC", "normalize"]
 
 #: Module part of a global whose name the scan cannot know (computed at load time).
 DYNAMIC = "<dynamic>"
@@ -86,6 +87,17 @@ class GlobalUse(NamedTuple):
         return self.instantiated and not self.called and not self.referenced
 
 
+@dataclass
+class PickleShape:
+    """What a walk saw besides the globals, for a reader that takes only pickles of one shape:
+    the opcodes used, and what each opcode that fills an object filled — (opcode, the
+    target's kind, the state's kind for BUILD), kinds being "dict", "list", "made by
+    <global>" (what calling that one global returned), "global" or "value"."""
+
+    opcodes: set[str] = field(default_factory=set)
+    fills: set[tuple[str, str, str]] = field(default_factory=set)
+
+
 _UNUSED = GlobalUse()
 _CALLED = GlobalUse(called=True)
 _INSTANTIATED = GlobalUse(instantiated=True)
@@ -99,16 +111,21 @@ def normalize(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def scan_pickle(stream: IO[bytes], *, hands_back_classes: bool = False) -> dict[GlobalRef, GlobalUse]:
+def scan_pickle(
+    stream: IO[bytes], *, hands_back_classes: bool = False, shape: PickleShape | None = None
+) -> dict[GlobalRef, GlobalUse]:
     """Globals named by the one pickle that starts at the stream's position, each with how
     the pickle uses it, in the order first seen; leaves the stream after STOP.
 
     hands_back_classes: torch's legacy readers' persistent_load returns the class saved in
     a tuple id — `("module", cls, file, source)` in the legacy stream, `(cls, file, source)`
     in the .tar format — so `BINPERSID` of such an id is `cls` itself.
+    shape: filled with what the walk saw besides the globals (PickleShape).
     """
-    walker = _Walker(hands_back_classes)
+    walker = _Walker(hands_back_classes, shape)
     handlers = [walker.dispatch.get(info.name, walker.generic) if info else None for info, *_ in _OPCODES]
+    if shape is not None:
+        _record_opcodes(handlers, shape.opcodes)
     try:
         _walk(stream, handlers)
     except PickleScanError:
@@ -119,6 +136,21 @@ def scan_pickle(stream: IO[bytes], *, hands_back_classes: bool = False) -> dict[
         walker.dispatch.clear()  # its bound methods hold the walker: no cycle left for the collector
         handlers.clear()
     return walker.uses
+
+
+def _record_opcodes(handlers: list[Callable[[pickletools.OpcodeInfo, object], None] | None], seen: set[str]) -> None:
+    """Each handler wrapped so that its opcode's first use is recorded in `seen`, the wrapper
+    then putting the handler back: the walk's loop pays once per distinct opcode."""
+    for code, handler in enumerate(handlers):
+        if handler is None:
+            continue
+
+        def first(opcode: pickletools.OpcodeInfo, arg: object, code: int = code, handler: Callable = handler) -> None:  # type: ignore[type-arg]
+            seen.add(opcode.name)
+            handlers[code] = handler
+            handler(opcode, arg)
+
+        handlers[code] = first
 
 
 # -- the opcodes, read from the bytes (pickletools' readers are the reference) -----------------
@@ -269,6 +301,10 @@ class _Dict:
         self.empty = empty
 
 
+class _List:
+    __slots__ = ()
+
+
 class _Derived:
     """Any other value; `origins` are the globals that calling it would run."""
 
@@ -331,8 +367,9 @@ def _or(current: GlobalUse, how: GlobalUse) -> GlobalUse:
 
 
 class _Walker:
-    def __init__(self, hands_back_classes: bool) -> None:
+    def __init__(self, hands_back_classes: bool, shape: PickleShape | None = None) -> None:
         self.hands_back_classes = hands_back_classes
+        self.shape = shape
         self.uses: dict[GlobalRef, GlobalUse] = {}
         self.stack: list[object] = []
         #: Where each open MARK stands in the stack.
@@ -461,11 +498,11 @@ class _Walker:
 
     def fill_one(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         items = [self.pop() for _ in range(_FILL_OPS[opcode.name])]
-        self.fill(self.top(), items)
+        self.fill(self.top(), items, opcode.name)
 
     def fill_many(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         items = self.pop_mark(opcode.name)
-        self.fill(self.top(), items)
+        self.fill(self.top(), items, opcode.name)
 
     def push_value(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         """An opcode that takes nothing and pushes a plain value (an int, a float, a bool)."""
@@ -484,7 +521,9 @@ class _Walker:
         for _ in opcode.stack_after:
             self.stack.append(_UNKNOWN)
 
-    def fill(self, target: object, items: list[object]) -> None:
+    def fill(self, target: object, items: list[object], opcode: str, state: object = None) -> None:
+        if self.shape is not None:
+            self.shape.fills.add((opcode, _kind(target), "" if state is None else _kind(state)))
         # APPEND/SETITEM/BUILD into a global itself mutates that module-level object.
         if isinstance(target, _Global):
             self.use(target.ref, _REFERENCED)
@@ -536,7 +575,7 @@ class _Walker:
 
     def _op_BUILD(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         state = self.pop()
-        self.fill(self.top(), [state])
+        self.fill(self.top(), [state], "BUILD", state)
 
     def _op_BINPERSID(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         self.stack.append(self.persistent(self.pop()))
@@ -561,6 +600,9 @@ class _Walker:
 
     def _op_EMPTY_DICT(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         self.stack.append(_Dict())
+
+    def _op_EMPTY_LIST(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
+        self.stack.append(_List())
 
     def _op_DICT(self, opcode: pickletools.OpcodeInfo, arg: object) -> None:
         items = self.pop_mark("DICT")
@@ -641,6 +683,20 @@ class _Walker:
         origins = _origins_of(pid)
         self.consume(pid)
         return _derived(origins)
+
+
+def _kind(value: object) -> str:
+    """What a simulated value is, in PickleShape's words."""
+    kind = type(value)
+    if kind is _Dict:
+        return "dict"
+    if kind is _List:
+        return "list"
+    if kind is _Global:
+        return "global"
+    if kind is _Derived and len(value.origins) == 1:  # type: ignore[attr-defined]
+        return "made by " + next(iter(value.origins)).full_name  # type: ignore[attr-defined]
+    return "value"
 
 
 def _is_empty_tuple(value: object) -> bool:

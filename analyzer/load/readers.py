@@ -35,7 +35,8 @@ import torch.jit._pickle
 
 from ..errors import InputError
 from .legacy import LEGACY_MAGIC_NUMBER, load_legacy, load_legacy_tar, scan_legacy
-from .pickle_scan import GlobalRef, GlobalUse, PickleScanError, scan_pickle
+from .pickle_scan import GlobalRef, GlobalUse, PickleScanError, PickleShape, scan_pickle
+from .plain import read_plain
 from .placeholder import Placeholder, make_placeholder
 from .policy import GlobalPolicy, ResolvedGlobal
 from .sniff import ZIP_ERRORS, is_torch_tar
@@ -80,7 +81,13 @@ class _Unreadable(InputError):
 
 def read_torch_zip(path: Path, policy: GlobalPolicy, trust: bool, mmap_tensors: bool = True) -> Raw:
     _add_restricted_replacements(policy)
-    refs = _scan_zip_pickle(path, policy)
+    shape = PickleShape()
+    refs = _scan_zip_pickle(path, policy, shape)
+    if not trust and mmap_tensors:
+        # What torch.load(weights_only=True) would give, without its per-tensor cost, when the walk shows a plain pickle.
+        obj = read_plain(path, refs, shape)
+        if obj is not None:
+            return Raw(obj, "weights_only", policy.reported())
     return _read_torch_file(path, policy, trust, refs, mmap_tensors, lambda: _read_zip_restricted(path, policy))
 
 
@@ -327,7 +334,7 @@ def _torch_load(path: Path, weights_only: bool, mmap_tensors: bool) -> Any:
         raise _Unreadable(f"{path}: torch.load failed on a damaged or incomplete file ({type(e).__name__}: {_torch_text(e)})") from e
 
 
-def _scan_zip_pickle(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
+def _scan_zip_pickle(path: Path, policy: GlobalPolicy, shape: PickleShape | None = None) -> list[GlobalRef]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -350,7 +357,7 @@ def _scan_zip_pickle(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
             data = archive.read(pickles[0])
     except ZIP_ERRORS as e:
         raise InputError(f"{path}: a damaged or inconsistent zip archive ({e})") from e
-    uses = _scan(io.BytesIO(data), path)
+    uses = _scan(io.BytesIO(data), path, shape)
     policy.record_uses(uses)
     return list(uses)
 
@@ -416,9 +423,9 @@ def _scan_legacy_pickles(path: Path, policy: GlobalPolicy) -> list[GlobalRef]:
     return list(uses)
 
 
-def _scan(stream: IO[bytes], path: Path) -> dict[GlobalRef, GlobalUse]:
+def _scan(stream: IO[bytes], path: Path, shape: PickleShape | None = None) -> dict[GlobalRef, GlobalUse]:
     try:
-        return scan_pickle(stream)
+        return scan_pickle(stream, shape=shape)
     except PickleScanError as e:
         raise InputError(f"{path}: not a well-formed pickle ({e})") from e
 
