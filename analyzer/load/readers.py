@@ -39,7 +39,7 @@ from .pickle_scan import GlobalRef, GlobalUse, PickleScanError, PickleShape, sca
 from .plain import read_plain
 from .placeholder import Placeholder, make_placeholder
 from .policy import GlobalPolicy, ResolvedGlobal
-from .sniff import ZIP_ERRORS, is_torch_tar
+from .sniff import ZIP_ERRORS, is_torch_tar, zip_entries
 from .unpickler import restricted_load
 
 __all__ = ["Raw", "read_torch_zip", "read_torch_legacy", "read_pickle", "read_torchscript", "TAR_NOTE"]
@@ -336,25 +336,24 @@ def _torch_load(path: Path, weights_only: bool, mmap_tensors: bool) -> Any:
 
 def _scan_zip_pickle(path: Path, policy: GlobalPolicy, shape: PickleShape | None = None) -> list[GlobalRef]:
     try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            pickles = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
-            if len(pickles) != 1:
-                raise InputError(f"{path}: a torch archive must hold one data.pkl, this one holds {len(pickles)}")
-            # torch writes tensor data and data.pkl stored (TorchScript compresses only its code/).
-            compressed = [
-                i.filename for i in infos
-                if i.compress_type != zipfile.ZIP_STORED and (i is pickles[0] or "/data/" in i.filename)
-            ]
-            if compressed:
-                raise InputError(
-                    f"{path}: zip entries are compressed ({compressed[0]}…); torch.save writes them stored, "
-                    "so this archive was rebuilt by another tool; unzip it and re-save with torch.save"
-                )
-            if pickles[0].file_size > path.stat().st_size:
-                raise InputError(f"{path}: data.pkl claims {pickles[0].file_size} bytes, more than the file holds")
-            _check_entries(path, archive, infos)
-            data = archive.read(pickles[0])
+        infos = zip_entries(path)
+        pickles = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
+        if len(pickles) != 1:
+            raise InputError(f"{path}: a torch archive must hold one data.pkl, this one holds {len(pickles)}")
+        # torch writes tensor data and data.pkl stored (TorchScript compresses only its code/).
+        compressed = [
+            i.filename for i in infos
+            if i.compress_type != zipfile.ZIP_STORED and (i is pickles[0] or "/data/" in i.filename)
+        ]
+        if compressed:
+            raise InputError(
+                f"{path}: zip entries are compressed ({compressed[0]}…); torch.save writes them stored, "
+                "so this archive was rebuilt by another tool; unzip it and re-save with torch.save"
+            )
+        if pickles[0].file_size > path.stat().st_size:
+            raise InputError(f"{path}: data.pkl claims {pickles[0].file_size} bytes, more than the file holds")
+        _check_entries(path, infos)
+        data = _stored_entry(path, pickles[0])
     except ZIP_ERRORS as e:
         raise InputError(f"{path}: a damaged or inconsistent zip archive ({e})") from e
     uses = _scan(io.BytesIO(data), path, shape)
@@ -362,7 +361,13 @@ def _scan_zip_pickle(path: Path, policy: GlobalPolicy, shape: PickleShape | None
     return list(uses)
 
 
-def _check_entries(path: Path, archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+def _stored_entry(path: Path, info: zipfile.ZipInfo) -> bytes:
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start = _opened_entry_start(data, info)
+        return data[start : start + info.compress_size]
+
+
+def _check_entries(path: Path, infos: list[zipfile.ZipInfo]) -> None:
     """Every entry opened as zipfile opens it — its local header compared with the central
     directory: a crafted archive can show one reader one entry and another reader another —
     and its CRC-32, which torch never checks: damaged tensor data is said, not analysed.
@@ -378,7 +383,7 @@ def _check_entries(path: Path, archive: zipfile.ZipFile, infos: list[zipfile.Zip
                 for pos in range(start, end, _CRC_CHUNK):
                     crc = zlib.crc32(view[pos : min(end, pos + _CRC_CHUNK)], crc)
             else:
-                with archive.open(info) as entry:  # zipfile checks the CRC itself at the end
+                with zipfile.ZipFile(path) as archive, archive.open(info) as entry:  # zipfile checks the CRC at the end
                     while entry.read(_CRC_CHUNK):
                         pass
                 continue

@@ -8,11 +8,12 @@ import os
 import struct
 import tarfile
 import zipfile
+from typing import Any
 from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["Format", "sniff", "ZIP_ERRORS", "TORCH_TAR_MEMBERS", "is_torch_tar"]
+__all__ = ["Format", "sniff", "zip_entries", "ZIP_ERRORS", "TORCH_TAR_MEMBERS", "is_torch_tar"]
 
 #: What Python's zipfile raises on archives it cannot read: damaged, encrypted, a
 #: compression or feature it does not implement, a name that is not UTF-8.
@@ -109,10 +110,24 @@ def _check_is_readable_file(path: Path) -> None:
         raise InputError(f"{path}: permission denied")
 
 
+def zip_entries(path: Path) -> list[zipfile.ZipInfo]:
+    """The archive's central directory as zipfile reads it, read once per file: the sniff
+    and the reader (in a child forked after it) share it; a file changed since is read anew."""
+    stat = os.stat(path)
+    identity = (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if _last_directory[0] != identity:
+        _last_directory[:] = [None, []]  # the old one is dropped first: 50,000 entries are tens of MB
+        with zipfile.ZipFile(path) as archive:
+            _last_directory[:] = [identity, archive.infolist()]
+    return list(_last_directory[1])
+
+
+_last_directory: list[Any] = [None, []]
+
+
 def _sniff_zip(path: Path) -> Format:
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+        names = [info.filename for info in zip_entries(path)]
     except ZIP_ERRORS as e:
         raise InputError(f"{path}: a damaged or truncated zip archive ({e}); {EXPECTED}") from e
     if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
