@@ -16,7 +16,6 @@ has shown that this load stays within its limits.
 from __future__ import annotations
 
 import bisect
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch.nn as nn
 
 from .checkpoint import Checkpoint, DictTensorStore
 from .extract import find_masks
-from .plain import stored_little_endian
+from .plain import mmap_shared, stored_little_endian
 
 __all__ = ["describe_checkpoint", "rebuild_checkpoint"]
 
@@ -137,7 +136,7 @@ def rebuild_checkpoint(path: Path, description: dict[str, Any]) -> Checkpoint | 
         return None
     size = path.stat().st_size
     try:
-        whole = torch.UntypedStorage.from_file(str(path), _mmap_shared(), size) if size else None
+        whole = torch.UntypedStorage.from_file(str(path), mmap_shared(), size) if size else None
         tensors = _rebuild_tensors(description["tensors"], whole, size)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
@@ -185,7 +184,3 @@ def _rebuild_tensors(records: list[list[Any]], whole: torch.UntypedStorage | Non
         tensors[name] = tensor
     return tensors
 
-
-def _mmap_shared() -> bool:
-    # As torch.load(mmap=True) maps: private unless the user set MAP_SHARED as torch's default.
-    return os.name != "nt" and torch.serialization.get_default_mmap_options() == mmap.MAP_SHARED

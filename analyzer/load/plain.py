@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from .pickle_scan import GlobalRef, PickleShape
 
-__all__ = ["read_plain", "stored_little_endian"]
+__all__ = ["read_plain", "stored_little_endian", "mmap_shared"]
 
 #: Opcodes of protocol 2 that torch's weights_only reader and the C unpickler read alike.
 _PLAIN_OPCODES = frozenset({
@@ -176,6 +176,11 @@ def stored_little_endian(path: Path) -> bool:
         return False
 
 
+def mmap_shared() -> bool:
+    """As torch.load(mmap=True) maps a file: private unless the user set MAP_SHARED as torch's default."""
+    return os.name != "nt" and torch.serialization.get_default_mmap_options() == mmap.MAP_SHARED
+
+
 def _little_endian(reader: Any) -> bool:
     """As torch.load decides: the archive's byteorder record, else torch's default (little)."""
     if reader.has_record("byteorder"):
@@ -187,9 +192,7 @@ def _little_endian(reader: Any) -> bool:
 def _storages(path: Path, reader: Any) -> Any:
     """persistent_load: each storage a slice of the whole file mapped once, as torch.load(mmap=True)
     maps it, at the offset torch's archive reader gives; the first dtype of a key is kept, as torch keeps it."""
-    size = os.path.getsize(path)
-    shared = os.name != "nt" and torch.serialization.get_default_mmap_options() == mmap.MAP_SHARED
-    whole = torch.UntypedStorage.from_file(str(path), shared, size)
+    whole = torch.UntypedStorage.from_file(str(path), mmap_shared(), os.path.getsize(path))
     loaded: dict[str, _Storage] = {}
 
     def load(pid: Any) -> _Storage:
