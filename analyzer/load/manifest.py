@@ -9,8 +9,9 @@ rebuilds the same tensors from that description, without unpickling anything: th
 common checkpoint (a state dict or a training dict) is read once, not twice.
 
 Anything else (module trees, placeholders, legacy or plain pickles, tensors a reader
-copied into memory, a big-endian archive whose storages torch swapped in memory) is not described, and the parent loads the file again: the child
-has shown that this load stays within its limits.
+copied into memory, a big-endian archive whose storages torch swapped in memory) is not
+described, and the parent loads the file again: the child has shown that this load stays
+within its limits.
 """
 
 from __future__ import annotations

@@ -100,10 +100,15 @@ def _no_hooks(hooks: Any) -> bool:
     return type(hooks) is OrderedDict and not hooks
 
 
-def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any = None) -> torch.Tensor:
-    """torch._utils._rebuild_tensor_v2's steps on a CPU storage, without fake modes or tensor metadata."""
+def _check_view(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any) -> None:
+    """The arguments both tensor rebuilders take, as torch.save writes them (no hooks, no metadata)."""
     _check(type(storage) is _Storage and type(offset) is int and _ints(size) and _ints(stride))
     _check(type(requires_grad) is bool and _no_hooks(hooks) and (metadata is None or (type(metadata) is dict and not metadata)))
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, metadata: Any = None) -> torch.Tensor:
+    """torch._utils._rebuild_tensor_v2's steps on a CPU storage, without fake modes or tensor metadata."""
+    _check_view(storage, offset, size, stride, requires_grad, hooks, metadata)
     tensor = torch.empty((0,), dtype=storage.dtype).set_(storage.untyped, offset, size, stride)
     tensor.requires_grad = requires_grad
     tensor._backward_hooks = hooks
@@ -114,8 +119,8 @@ def _rebuild_tensor_v3(
     storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, metadata: Any = None
 ) -> torch.Tensor:
     """torch._utils._rebuild_tensor_v3's steps (a dtype without a typed storage: fp8, uint16)."""
-    _check(type(storage) is _Storage and type(offset) is int and _ints(size) and _ints(stride) and type(dtype) is torch.dtype)
-    _check(type(requires_grad) is bool and _no_hooks(hooks) and (metadata is None or (type(metadata) is dict and not metadata)))
+    _check_view(storage, offset, size, stride, requires_grad, hooks, metadata)
+    _check(type(dtype) is torch.dtype)
     tensor = torch.empty((0,), dtype=dtype, requires_grad=requires_grad)
     tensor.set_(storage.untyped, offset, size, stride)
     tensor._backward_hooks = hooks

@@ -372,7 +372,11 @@ def _check_entries(path: Path, infos: list[zipfile.ZipInfo]) -> None:
     directory: a crafted archive can show one reader one entry and another reader another —
     and its CRC-32, which torch never checks: damaged tensor data is said, not analysed.
     Stored entries are read straight from the mapped file (no copy); others through zipfile."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
+    with contextlib.ExitStack() as opened:
+        f = opened.enter_context(open(path, "rb"))
+        data = opened.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        view = opened.enter_context(memoryview(data))
+        archive: zipfile.ZipFile | None = None  # opened once, at the first compressed entry
         for info in infos:
             if info.compress_type == zipfile.ZIP_STORED:
                 start = _opened_entry_start(data, info)
@@ -383,7 +387,8 @@ def _check_entries(path: Path, infos: list[zipfile.ZipInfo]) -> None:
                 for pos in range(start, end, _CRC_CHUNK):
                     crc = zlib.crc32(view[pos : min(end, pos + _CRC_CHUNK)], crc)
             else:
-                with zipfile.ZipFile(path) as archive, archive.open(info) as entry:  # zipfile checks the CRC at the end
+                archive = archive or opened.enter_context(zipfile.ZipFile(path))
+                with archive.open(info) as entry:  # zipfile checks the CRC itself at the end
                     while entry.read(_CRC_CHUNK):
                         pass
                 continue

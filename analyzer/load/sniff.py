@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 import struct
 import tarfile
 import zipfile
-from typing import Any
 from pathlib import Path
 
 from ..errors import InputError
@@ -114,15 +114,13 @@ def zip_entries(path: Path) -> list[zipfile.ZipInfo]:
     """The archive's central directory as zipfile reads it, read once per file: the sniff
     and the reader (in a child forked after it) share it; a file changed since is read anew."""
     stat = os.stat(path)
-    identity = (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if _last_directory[0] != identity:
-        _last_directory[:] = [None, []]  # the old one is dropped first: 50,000 entries are tens of MB
-        with zipfile.ZipFile(path) as archive:
-            _last_directory[:] = [identity, archive.infolist()]
-    return list(_last_directory[1])
+    return list(_directory(os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns))
 
 
-_last_directory: list[Any] = [None, []]
+@functools.lru_cache(maxsize=1)
+def _directory(path: str, *identity: int) -> tuple[zipfile.ZipInfo, ...]:
+    with zipfile.ZipFile(path) as archive:
+        return tuple(archive.infolist())
 
 
 def _sniff_zip(path: Path) -> Format:
