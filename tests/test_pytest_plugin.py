@@ -12,11 +12,15 @@ import multiprocessing
 import os
 import re
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.utils.prune as prune
+
+from analyzer.pytest_plugin import MAX_BLOCKS, REFERENCE_NOMINAL_S, _calibrated_rounds, _CalibratedRounds, _fastest
 
 from .models import SmallNet
 
@@ -69,6 +73,7 @@ def test_model_benchmark_stores_the_context(pytester: pytest.Pytester) -> None:
     assert stats["min"] == pytest.approx(calibration["raw_min_s"] * expected_scale, rel=1e-9)
     # A reference round is real work: a 64x256x256 matmul is 4.2 MFLOP, more than 0.1 µs anywhere.
     assert 1e-7 < calibration["reference_min_s"] < 1e-2
+    assert 2 <= calibration["blocks"] <= 4
     assert info["device"] == "cpu"
     assert info["torch"] == torch.__version__
     assert info["params"] == 8 * 3 * 3 * 3 + 8
@@ -137,6 +142,51 @@ def test_without_pytest_benchmark_the_fixture_says_what_to_install(pytester: pyt
     output = result.stdout.str()
     assert "model_benchmark needs pytest-benchmark" in output and "pip install 'prune-analyzer[pytest]'" in output
     assert "fixture 'benchmark' not found" not in output
+
+
+def _burn(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU time (time waiting for a core is not counted)."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+def _rounds_of(model_s: Callable[[int], float], rounds_per_block: int = 20) -> _CalibratedRounds:
+    """Calibrated rounds of a model whose n-th call (the warm-up round's is 0) takes model_s(n)
+    seconds of CPU time, against a 100 µs reference: the scale is close to 1."""
+    calls = iter(range(10**6))
+    return _calibrated_rounds(
+        lambda: _burn(model_s(next(calls))), rounds_per_block, 1, lambda: _burn(REFERENCE_NOMINAL_S), 1, gc_off=False
+    )
+
+
+def test_a_steady_runner_is_measured_in_two_blocks() -> None:
+    timed = _rounds_of(lambda n: 300e-6)
+    assert timed.blocks == 2 and len(timed.model_s) == 40
+    assert timed.calibrated_min == pytest.approx(300e-6, rel=0.05)
+
+
+def test_a_runner_that_speeds_up_is_measured_until_the_minimum_holds() -> None:
+    # The warm-up and the first block at half speed, then full speed: the second block moves
+    # the minimum by half, the third confirms it.
+    timed = _rounds_of(lambda n: 600e-6 if n <= 20 else 300e-6)
+    assert timed.blocks == 3
+    assert min(timed.calibrated_s) == pytest.approx(300e-6, rel=0.05)
+    assert timed.summary(1)["blocks"] == 3
+
+
+def test_a_minimum_that_keeps_moving_stops_at_max_blocks() -> None:
+    timed = _rounds_of(lambda n: 600e-6 * 0.85 ** ((n - 1) // 20))
+    assert timed.blocks == MAX_BLOCKS == 4 and len(timed.model_s) == 80
+
+
+def test_a_misread_clock_is_not_the_fastest_round() -> None:
+    # Seen once in 60,000 rounds: three reference calls of ~90 µs each read as 0.3 µs.
+    assert _fastest([9.2e-05, 3.45e-07, 9.0e-05, 9.1e-05]) == 9.0e-05
+    assert _fastest([1.0, 0.6, 0.9]) == 0.6  # within a factor 2 of the next: a real round
+    timed = _CalibratedRounds([3e-4, 1e-7, 3.1e-4], [1e-4, 1e-4, 2e-9], None)
+    assert timed.scale == pytest.approx(1.0)
+    assert timed.calibrated_s == pytest.approx([3e-4, 3.1e-4])
 
 
 BUSY_RUNNER_TEST = """
