@@ -1088,7 +1088,11 @@ def test_analyze_with_profile(pruned_resnet18: Path, one_thread: None) -> None:
     result = ProfileResult.from_dict(profile)
     assert result.median("pruned", 1) == pytest.approx(next(s["median_ms"] for s in profile["latency"] if s["label"] == "pruned"))
     assert result.to_dict()["flops"] == profile["flops"]
-    assert not any("profile" in line for line in report.not_analysed)
+    # The diagnosis ran on this profile. A rule may still be withheld when this shared machine
+    # disturbed so short a measurement (seen once on CI); then it says why, and only that.
+    lines = [line for line in report.not_analysed if "profile" in line]
+    assert all(line.startswith("profile diagnosis: ") and " not decided: " in line for line in lines), lines
+    assert {line.split()[2] for line in lines} == set(withheld(result)), lines
 
 
 def test_profile_without_a_runnable_model_is_said_not_crashed(pruned_resnet18: Path) -> None:
