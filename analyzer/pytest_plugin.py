@@ -242,7 +242,7 @@ class _CalibratedRounds:
     model_s: list[float]  # thread CPU time per model call, one per round
     reference_s: list[float]  # thread CPU time per reference call, in the same rounds
     output: Any
-    blocks: int = 1
+    blocks: int = 0
 
     @property
     def scale(self) -> float:
@@ -254,8 +254,8 @@ class _CalibratedRounds:
 
     @property
     def calibrated_s(self) -> list[float]:
-        floor = _fastest(self.model_s)
-        return [t * self.scale for t in self.model_s if t >= floor]
+        floor, scale = _fastest(self.model_s), self.scale
+        return [t * scale for t in self.model_s if t >= floor]
 
     def summary(self, reference_calls: int) -> dict[str, Any]:
         return {
@@ -310,7 +310,7 @@ def _calibrated_rounds(
         gc.disable()
     try:
         one_round()
-        rounds = _CalibratedRounds([], [], None, blocks=0)
+        rounds = _CalibratedRounds([], [], None)
         before = math.inf
         while rounds.blocks < MAX_BLOCKS:
             timed = [one_round() for _ in range(rounds_per_block)]
