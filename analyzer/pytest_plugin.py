@@ -30,7 +30,8 @@ available (`pip install 'prune-analyzer[pytest]'` also installs pytest-benchmark
   `analyze` finds anything at or above that severity — the CLI's default threshold.
 
 Regression workflow: `pytest --benchmark-autosave` once, then
-`pytest --benchmark-compare --benchmark-compare-fail=min:15%`.
+`pytest --benchmark-compare --benchmark-compare-fail=min:20%` (on a shared 2-core CI
+runner an unchanged model's minimum was seen up to 17 % above its baseline).
 """
 
 from __future__ import annotations
